@@ -1,0 +1,1 @@
+"""The data pipeline: asset sources, analysis and filters, Ray-driven rendering, latent encoding."""

@@ -1,0 +1,191 @@
+"""The config schema: one typed dataclass per section of a `pipelines.yaml` profile.
+
+`pipelines.yaml` holds values only. Every field has a default here so that a profile states only what it
+changes; the `demo` profile is the embedded default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class AssetsConfig:
+    """Where the asset list comes from."""
+
+    source: Literal["procedural", "local", "objaverse", "objaverse_xl"] = "procedural"
+    """procedural: generated .glb files; local: a folder; objaverse / objaverse_xl: the public datasets."""
+    local_dir: str = ""
+    """Folder scanned (recursively) for .glb/.gltf/.fbx/.obj/.blend when source is `local`."""
+    procedural_count: int = 0
+    """How many procedural assets to generate (0: the full built-in set)."""
+    seed: int = 0
+    """Seed of the procedural generator and of every per-asset random choice."""
+    cache_dir: str = "~/.cache/sv4d2/assets"
+    """Where generated or downloaded assets are kept between runs."""
+    objaverse_annotations: str = ""
+    """Optional local annotation table (parquet/json) for objaverse / objaverse_xl; empty: the package's."""
+    licenses: list[str] = field(
+        default_factory=lambda: ["by", "by-sa", "cc0", "cc-by", "cc-by-sa", "cc-by-4.0", "cc0-1.0", "mit"]
+    )
+    """Allow-list of licences (lower case, matched as prefixes of the normalized licence string)."""
+    assets_per_shard: int = 8
+    """Shard N renders assets [N * assets_per_shard, (N + 1) * assets_per_shard) of the sorted list."""
+    limit: int = 0
+    """Keep only the first `limit` assets of the list (0: all)."""
+
+    def validate(self) -> None:
+        if self.assets_per_shard < 1:
+            raise ValueError("assets_per_shard must be at least 1")
+        if self.source == "local" and not self.local_dir:
+            raise ValueError("source 'local' needs assets.local_dir")
+
+
+@dataclass
+class OrbitConfig:
+    """Camera orbits, as SV3D: a static one (uniform azimuth, fixed elevation) and a dynamic one."""
+
+    num_views: int = 4
+    static_elevation_deg: float = 10.0
+    """Elevation of the static orbit."""
+    dynamic_elevation_range_deg: tuple[float, float] = (-5.0, 30.0)
+    """Dynamic orbit: elevation varies smoothly inside this range."""
+    dynamic_azimuth_jitter: float = 0.5
+    """Dynamic orbit: azimuth steps are uniform steps times 1 +/- this fraction (then renormalized)."""
+    radius: float = 2.0
+    """Camera distance from the origin, in units of the normalized object (largest extent 1)."""
+    fov_deg: float = 33.8
+    """Vertical = horizontal field of view (square images); SV3D uses 33.8 degrees."""
+
+    def validate(self) -> None:
+        if self.num_views < 1:
+            raise ValueError("num_views must be at least 1")
+        if not 0.0 < self.fov_deg < 180.0:
+            raise ValueError("fov_deg must lie in (0, 180)")
+        if self.radius <= 0.87:  # inside the unit cube's bounding sphere the camera would clip the object
+            raise ValueError("radius must exceed 0.87 (the bounding sphere of a unit cube)")
+
+
+@dataclass
+class RenderConfig:
+    """Blender CYCLES settings and the per-asset job limits."""
+
+    resolution: int = 128
+    num_frames: int = 8
+    """F frames per orbit view (4D mode; static mode renders one)."""
+    clip_duration_s: float = 0.0
+    """Take F frames uniformly over this many seconds of the action (0: the whole action)."""
+    orbits: list[Literal["static", "dynamic"]] = field(default_factory=lambda: ["static", "dynamic"])
+    orbit: OrbitConfig = field(default_factory=OrbitConfig)
+    samples: int = 16
+    denoiser: Literal["none", "OIDN", "OPTIX"] = "none"
+    device: Literal["auto", "CPU", "CUDA", "OPTIX"] = "CPU"
+    """auto: OPTIX, then CUDA when a GPU is present, else CPU."""
+    threads: int = 0
+    """Cycles CPU threads per Blender process (0: all cores)."""
+    adaptive_threshold: float = 0.0
+    """Cycles adaptive sampling noise threshold (0: adaptive sampling off)."""
+    max_bounces: int = 4
+    sky_strength: float = 1.0
+    """Strength of the procedural near-uniform sky used when no HDRI library is configured."""
+    mode: Literal["4d", "static"] = "4d"
+    """4d: animated assets, F frames; static: orbit-only samples (F = 1) for 3D pre-training."""
+    timeout_s: float = 600.0
+    """Per-asset wall-clock limit of one Blender process."""
+    retries: int = 1
+    """Extra attempts after a crash or a timeout (a bad asset is not retried)."""
+    cpus_per_task: float = 1.0
+    """Ray CPUs reserved per asset task."""
+    gpus_per_task: float = 0.0
+
+    def validate(self) -> None:
+        if self.resolution < 8:
+            raise ValueError("resolution must be at least 8")
+        if self.num_frames < 1:
+            raise ValueError("num_frames must be at least 1")
+        if self.samples < 1:
+            raise ValueError("samples must be at least 1")
+        if not self.orbits:
+            raise ValueError("orbits must name at least one of static, dynamic")
+        if len(set(self.orbits)) != len(self.orbits):
+            raise ValueError("orbits has duplicates")
+
+
+@dataclass
+class MotionConfig:
+    """Global/local motion disentanglement (paper section 3.3, supplement 7.1)."""
+
+    enabled: bool = True
+    static_quantile: float = 0.2
+    """Points whose mean temporal displacement is within this quantile form the static region."""
+    max_points: int = 20000
+    """Vertices subsampled (deterministically) for the analysis."""
+
+
+@dataclass
+class FilterConfig:
+    """Asset filters; every decision is recorded in the manifest with the measured value."""
+
+    min_motion: float = 0.01
+    """small_motion: mean per-vertex displacement after correction, relative to object size, below this."""
+    max_scale_ratio: float = 1.5
+    """inconsistent_scale: max over min of the bounding-box extent over time above this."""
+    min_clip_frames: int = 2
+    max_vertices: int = 2_000_000
+    max_faces: int = 4_000_000
+    require_license: bool = True
+
+
+@dataclass
+class HdriConfig:
+    """Near-ambient environment lighting."""
+
+    library_dir: str = ""
+    """Folder of .hdr/.exr maps; empty: the procedural near-uniform sky."""
+    generate_demo_maps: int = 0
+    """Generate this many synthetic maps into library_dir at run time (the demo has no real HDRIs)."""
+    max_ambient_score: float = 0.5
+    """Maps whose shading score exceeds this are excluded."""
+    strength: float = 1.0
+
+
+@dataclass
+class CurationConfig:
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    hdri: HdriConfig = field(default_factory=HdriConfig)
+
+
+@dataclass
+class EncodeConfig:
+    """Latent encoding (SD2.1 VAE + OpenCLIP ViT-H-14)."""
+
+    vae_path: str = ""
+    """Local folder or hub id of the SD2.1 model (the VAE is read from its `vae` subfolder)."""
+    vae_subfolder: str = "vae"
+    clip_model: str = "ViT-H-14"
+    clip_pretrained: str = ""
+    """Path to the open_clip checkpoint (laion2b_s32b_b79k weights); empty: an error unless tiny."""
+    tiny: bool = False
+    """Use tiny randomly initialized encoders, saved to disk first and loaded through the same path."""
+    batch_size: int = 16
+    num_actors: int = 1
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class PipelineConfig:
+    """One profile of `pipelines.yaml`."""
+
+    name: str = "demo"
+    out_dir: str = "outputs/demo"
+    assets: AssetsConfig = field(default_factory=AssetsConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    model: dict = field(default_factory=dict)
+    """Network and trainer settings (schema owned by `model/`)."""
+    train: dict = field(default_factory=dict)
+    fit4d: dict = field(default_factory=dict)

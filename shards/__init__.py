@@ -1,0 +1,1 @@
+"""The WebDataset shard contracts that curation writes and training reads."""
