@@ -38,7 +38,9 @@ def resolve_profile_data(name: str, path: Path = PIPELINES_YAML) -> dict[str, An
     current: str | None = name
     while current is not None:
         if current not in profiles:
-            raise ConfigError(f"unknown profile {current!r} (profiles in {path.name}: {', '.join(sorted(profiles))})")
+            raise ConfigError(
+                f"unknown profile {current!r} (profiles in {path.name}: {', '.join(sorted(profiles))})"
+            )
         if current in chain:
             raise ConfigError(f"profile inheritance loops: {' -> '.join([*chain, current])}")
         chain.append(current)
@@ -69,7 +71,7 @@ def add_profile_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any profile value, e.g. --set render.resolution=128 (repeatable; value parsed as YAML)",
+        help="override a profile value, e.g. --set render.resolution=128 (repeatable; value parsed as YAML)",
     )
 
 

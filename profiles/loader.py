@@ -63,7 +63,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         item = args[0] if args else Any
         items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin in (dict, Mapping):
+    if tp in (dict, Mapping) or origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         kt, vt = args if args else (Any, Any)

@@ -1,0 +1,21 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ASSETS = ROOT.parent / "shared" / "assets"
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def shared_assets() -> Path:
+    """The real third-party test assets (../shared/assets beside the checkout, present in CI)."""
+    if not (SHARED_ASSETS / "Fox.glb").is_file():
+        pytest.fail(f"missing {SHARED_ASSETS / 'Fox.glb'}: the shared assets must sit beside the checkout")
+    return SHARED_ASSETS
