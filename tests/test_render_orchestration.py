@@ -1,0 +1,75 @@
+"""The render job runner and shard bookkeeping, without Blender (a fake job script stands in)."""
+
+import time
+
+import pytest
+
+from curation.blender_job import run_blender_script
+from curation.manifest import read_manifest, write_manifest
+from curation.render import shard_slice
+
+
+def _run(tmp_path, behaviour, retries=2, timeout=20.0):
+    return run_blender_script(
+        "tests.fake_job",
+        {"out_dir": str(tmp_path), "behaviour": behaviour},
+        tmp_path,
+        "result.json",
+        timeout_s=timeout,
+        retries=retries,
+        expected_files=lambda res: [tmp_path / "image.png"],
+    )
+
+
+def test_success_first_time(tmp_path):
+    out = _run(tmp_path, ["ok"])
+    assert out.ok and out.attempts == 1 and out.result["value"] == 1
+    assert "attempt 1" in (tmp_path / "fake_job.log").read_text()
+
+
+def test_crash_is_retried_then_succeeds(tmp_path):
+    out = _run(tmp_path, ["crash", "ok"])
+    assert out.ok and out.attempts == 2
+
+
+def test_bad_asset_is_not_retried(tmp_path):
+    out = _run(tmp_path, ["bad", "ok"])
+    assert not out.ok and out.reason == "no_mesh" and out.attempts == 1
+
+
+def test_retries_are_bounded(tmp_path):
+    out = _run(tmp_path, ["crash"], retries=1)
+    assert not out.ok and out.reason == "crash" and out.attempts == 2
+    assert "exit code" in out.detail
+
+
+def test_timeout_kills_and_records(tmp_path):
+    start = time.monotonic()
+    out = _run(tmp_path, ["hang"], retries=0, timeout=2.0)
+    assert not out.ok and out.reason == "timeout"
+    assert time.monotonic() - start < 15
+
+
+def test_ok_without_outputs_is_not_done(tmp_path):
+    out = _run(tmp_path, ["no_outputs"], retries=0)
+    assert not out.ok and out.reason == "missing_outputs"
+
+
+def test_shard_slices_are_deterministic_and_disjoint():
+    items = list(range(10))
+    assert shard_slice(items, 0, 4) == [0, 1, 2, 3]
+    assert shard_slice(items, 2, 4) == [8, 9]
+    with pytest.raises(ValueError, match="3 shard"):
+        shard_slice(items, 3, 4)
+
+
+def test_manifest_round_trip_and_unknown_column(tmp_path):
+    rows = [
+        {"uid": "a", "source": "local", "status": "rendered", "num_images": 12, "motion": 0.1},
+        {"uid": "b", "source": "local", "status": "failed", "reason": "no_mesh", "detail": "x"},
+    ]
+    write_manifest(tmp_path / "m.parquet", rows)
+    got = read_manifest(tmp_path / "m.parquet")
+    assert got[0]["num_images"] == 12 and got[1]["reason"] == "no_mesh" and got[1]["motion"] is None
+    with pytest.raises(ValueError, match="bogus"):
+        write_manifest(tmp_path / "m.parquet", [{"uid": "c", "status": "failed", "bogus": 1}])
