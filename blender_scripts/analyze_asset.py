@@ -1,0 +1,117 @@
+"""Cheap pre-render analysis of one asset: evaluated vertex trajectories over the clip (for the filters).
+
+    .venv/bin/python -m blender_scripts.analyze_asset --job JOB.json
+
+Reads the same JOB.json as render_asset; uses uid, asset_path, out_dir, mode, num_frames, clip_duration_s,
+static_frame and the optional max_points [20000]. Samples the clip's frames exactly as render_asset does.
+
+Writes into out_dir:
+    analysis.npz    positions float32 (F, P, 3): world-space evaluated positions of a deterministic subsample
+                    of at most max_points vertices (the same vertices, in the same order, every frame);
+                    bbox_min, bbox_max float64 (F, 3) over ALL vertices; source_frames, times_s (F,);
+                    vertex_index int64 (P,): indices of the subsample into the concatenated vertex list
+                    (asset meshes sorted by name)
+    blender.log     importer output, appended
+    analysis.json   written last: {"status": "ok"|"failed", "uid", "reason", "detail", "num_vertices",
+                    "num_faces", "num_meshes", "frames": {...as in result.json}, "has_animation", "timings"}
+Exit codes: 0 ok, 1 crash, 2 bad job, 3 bad asset (analysis.json has the reason; do not retry).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blender_scripts.job import RenderJob, run_cli
+
+
+def subsample_indices(num_vertices: int, max_points: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a deterministic random subsample of at most `max_points` of `num_vertices`."""
+    if num_vertices <= max_points:
+        return np.arange(num_vertices)
+    return np.sort(np.random.default_rng(seed).choice(num_vertices, size=max_points, replace=False))
+
+
+def analyze(job: RenderJob) -> dict[str, Any]:
+    from blender_scripts import scene_io
+
+    t_start = time.perf_counter()
+    out_dir = Path(job.out_dir)
+    log_path = out_dir / "blender.log"
+    with open(log_path, "a") as f:
+        f.write(f"=== analyze_asset {job.uid} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+    try:
+        asset = scene_io.load_asset(
+            job.asset_path, job.mode, job.num_frames, job.clip_duration_s, job.static_frame, str(log_path)
+        )
+    except scene_io.AssetError as exc:
+        if exc.reason == "no_animation":  # the scene is loaded: record the counts for the manifest anyway
+            meshes = scene_io.asset_meshes()
+            nv, nf = scene_io.mesh_counts(meshes)
+            exc.extra = {
+                "num_vertices": nv,
+                "num_faces": nf,
+                "num_meshes": len(meshes),
+                "has_animation": False,
+            }
+        raise
+    t_eval = time.perf_counter()
+    positions, mins, maxs = [], [], []
+    index = None
+    for frame in asset.source_frames:
+        scene_io.set_frame(float(frame))
+        verts = np.concatenate(scene_io.evaluated_vertices(asset.meshes))
+        if len(verts) == 0:
+            raise scene_io.AssetError("no_mesh", f"the asset's meshes have no vertices at frame {frame}")
+        if index is None:
+            first_count = len(verts)
+            index = subsample_indices(first_count, int(job.max_points))
+        elif len(verts) != first_count:
+            raise scene_io.AssetError(
+                "varying_topology", f"vertex count changes over the clip ({first_count} then {len(verts)})"
+            )
+        positions.append(verts[index].astype(np.float32))
+        mins.append(verts.min(0))
+        maxs.append(verts.max(0))
+    scene_io.set_frame(float(asset.source_frames[0]))
+    nv, nf = scene_io.mesh_counts(asset.meshes)
+    np.savez(
+        out_dir / "analysis.npz",
+        positions=np.stack(positions),
+        bbox_min=np.array(mins),
+        bbox_max=np.array(maxs),
+        source_frames=asset.source_frames,
+        times_s=asset.times_s,
+        vertex_index=index.astype(np.int64),
+    )
+    t_end = time.perf_counter()
+    return {
+        "status": "ok",
+        "uid": job.uid,
+        "reason": None,
+        "detail": None,
+        "mode": job.mode,
+        "num_vertices": int(nv),
+        "num_faces": int(nf),
+        "num_meshes": len(asset.meshes),
+        "num_points": len(index),
+        "frames": asset.frames_json(),
+        "has_animation": bool(asset.clip.has_animation),
+        "timings": {"import_s": asset.import_s, "evaluate_s": t_end - t_eval, "total_s": t_end - t_start},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, __doc__, "analysis.json", analyze)
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

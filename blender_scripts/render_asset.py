@@ -1,0 +1,256 @@
+"""Render one asset with Blender CYCLES: V views x F frames for the static and/or dynamic orbit.
+
+    .venv/bin/python -m blender_scripts.render_asset --job JOB.json
+
+JOB.json (blender_scripts.job.RenderJob; defaults in brackets):
+    uid, asset_path (absolute), out_dir (absolute)           required
+    mode ["4d"] | "static"       static renders F = 1 (static_frame or the clip start) and needs no animation
+    resolution [96], num_frames [6], clip_duration_s [0 = whole action]
+    orbits [["static", "dynamic"]]
+    orbit {num_views [6], static_elevation_deg [10], dynamic_elevation_range_deg [[-5, 30]],
+           dynamic_azimuth_jitter [0.5], radius [2.0], fov_deg [33.8]}
+    samples [8], denoiser ["none"] | "OIDN" | "OPTIX", device ["CPU"] | "CUDA" | "OPTIX" | "auto",
+    threads [1] (0 = all cores), adaptive_threshold [0 = off], max_bounces [4],
+    seed [1234] (Cycles seed and the dynamic orbit's seed)
+    environment [{"kind": "sky", "strength": 1}] | {"kind": "hdri", "path", "rotation_deg", "strength"}
+    global_offsets [null] | F triples: world offsets subtracted per rendered frame before normalization
+    static_frame [null]: static mode on an animated asset poses it at this source frame
+
+Writes into out_dir:
+    {orbit}/v{VV:02d}_f{FF:02d}.png   RGBA 8-bit, transparent background, Standard view transform
+    blender.log                       Blender's own output (importer, Cycles), appended per attempt
+    result.json                       written last; status "ok" with cameras (OpenCV c2w, see cameras.py),
+                                      frames, normalization, counts, timings; or status "failed" + reason
+Exit codes: 0 ok, 1 crash, 2 bad job, 3 bad asset (result.json has the reason; do not retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blender_scripts.cameras import blender_camera_matrix_world, dynamic_orbit, intrinsics, static_orbit
+from blender_scripts.job import RenderJob, run_cli
+from blender_scripts.normalize import normalization_from_bboxes
+
+log = logging.getLogger(__name__)
+
+
+def orbits_for_job(job: RenderJob) -> dict[str, Any]:
+    """The job's camera orbits by name (deterministic: the dynamic orbit is seeded by job.seed)."""
+    o = job.orbit
+    out = {}
+    for name in job.orbits:
+        if name == "static":
+            out[name] = static_orbit(o.num_views, o.static_elevation_deg, o.radius)
+        else:
+            out[name] = dynamic_orbit(
+                o.num_views,
+                job.seed,
+                tuple(o.dynamic_elevation_range_deg),
+                o.dynamic_azimuth_jitter,
+                o.radius,
+            )
+    return out
+
+
+def _select_device(scene: Any, device: str) -> str:
+    """Set the Cycles device; returns the backend used (CPU, CUDA, OPTIX). auto: OPTIX, CUDA, else CPU."""
+    import bpy
+
+    if device == "CPU":
+        scene.cycles.device = "CPU"
+        return "CPU"
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    for backend in ("OPTIX", "CUDA") if device == "auto" else (device,):
+        try:
+            prefs.compute_device_type = backend
+        except TypeError:  # backend not compiled in
+            continue
+        prefs.get_devices()
+        gpus = [d for d in prefs.devices if d.type == backend]
+        if gpus:
+            for d in prefs.devices:
+                d.use = d.type == backend
+            scene.cycles.device = "GPU"
+            return backend
+    if device != "auto":
+        raise RuntimeError(f"device {device} requested but Cycles finds no {device} device")
+    scene.cycles.device = "CPU"
+    return "CPU"
+
+
+def configure_cycles(job: RenderJob) -> dict[str, Any]:
+    """Cycles, film and colour settings of the job; returns the settings used."""
+    import bpy
+
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    backend = _select_device(scene, job.device)
+    cyc = scene.cycles
+    cyc.samples = int(job.samples)
+    cyc.use_adaptive_sampling = job.adaptive_threshold > 0
+    if job.adaptive_threshold > 0:
+        cyc.adaptive_threshold = float(job.adaptive_threshold)
+    cyc.use_denoising = job.denoiser != "none"
+    if job.denoiser != "none":
+        cyc.denoiser = "OPENIMAGEDENOISE" if job.denoiser == "OIDN" else "OPTIX"
+    cyc.max_bounces = int(job.max_bounces)
+    for attr in ("diffuse_bounces", "glossy_bounces", "transmission_bounces", "volume_bounces"):
+        setattr(cyc, attr, min(getattr(cyc, attr), int(job.max_bounces)))
+    cyc.seed = int(job.seed)
+    cyc.use_animated_seed = False
+    scene.render.use_persistent_data = True  # keeps the BVH and shaders between renders (4x faster at 256 px)
+    if job.threads > 0:
+        scene.render.threads_mode = "FIXED"
+        scene.render.threads = int(job.threads)
+    else:
+        scene.render.threads_mode = "AUTO"
+    r = scene.render
+    r.resolution_x = r.resolution_y = int(job.resolution)
+    r.resolution_percentage = 100
+    r.film_transparent = True
+    r.image_settings.file_format = "PNG"
+    r.image_settings.color_mode = "RGBA"
+    r.image_settings.color_depth = "8"
+    r.image_settings.compression = 15
+    scene.display_settings.display_device = "sRGB"
+    scene.view_settings.view_transform = "Standard"  # the default AgX would tone-map the albedo
+    scene.view_settings.look = "None"
+    scene.view_settings.exposure = 0.0
+    scene.view_settings.gamma = 1.0
+    return {
+        "engine": "CYCLES",
+        "device": backend,
+        "samples": int(job.samples),
+        "denoiser": job.denoiser,
+        "adaptive_threshold": float(job.adaptive_threshold),
+        "max_bounces": int(job.max_bounces),
+        "threads": int(job.threads),
+        "seed": int(job.seed),
+    }
+
+
+def make_camera(fov_deg: float) -> Any:
+    """A perspective camera with horizontal = vertical field of view `fov_deg` on a square image."""
+    import bpy
+
+    cam_data = bpy.data.cameras.new("sv4d2_camera")
+    cam_data.type = "PERSP"
+    cam_data.lens_unit = "FOV"
+    cam_data.sensor_fit = "HORIZONTAL"
+    cam_data.angle = math.radians(fov_deg)
+    cam_data.clip_start = 0.01
+    cam_data.clip_end = 100.0
+    cam = bpy.data.objects.new("sv4d2_camera", cam_data)
+    bpy.context.scene.collection.objects.link(cam)
+    bpy.context.scene.camera = cam
+    return cam
+
+
+def render(job: RenderJob) -> dict[str, Any]:
+    """The whole job: import, frames, normalization, root transform, lighting, cameras, renders, result."""
+    import bpy
+    from mathutils import Matrix
+
+    from blender_scripts import scene_io
+    from blender_scripts.lighting import setup_environment
+
+    t_start = time.perf_counter()
+    out_dir = Path(job.out_dir)
+    log_path = out_dir / "blender.log"
+    with open(log_path, "a") as f:
+        f.write(f"=== render_asset {job.uid} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+    asset = scene_io.load_asset(
+        job.asset_path, job.mode, job.num_frames, job.clip_duration_s, job.static_frame, str(log_path)
+    )
+    t_setup = time.perf_counter()
+    frames = asset.source_frames
+    offsets = None if job.global_offsets is None else np.asarray(job.global_offsets, dtype=np.float64)
+    mins, maxs = scene_io.bboxes_at_frames(asset.meshes, frames)
+    if offsets is not None:
+        mins, maxs = mins - offsets, maxs - offsets
+    scale, offset = normalization_from_bboxes(mins, maxs)
+    scene_io.set_frame(float(frames[0]))
+    num_vertices, num_faces = scene_io.mesh_counts(asset.meshes)
+    scene_io.add_root(frames, scale, offset, offsets)
+
+    settings = configure_cycles(job)
+    env_used = setup_environment(job.environment)
+    cam = make_camera(job.orbit.fov_deg)
+    orbits = orbits_for_job(job)
+    for name in orbits:
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+    scene = bpy.context.scene
+
+    t_render = time.perf_counter()
+    images = 0
+    with scene_io.captured_output(log_path):
+        for fi, frame in enumerate(frames):
+            scene_io.set_frame(float(frame))
+            for name, orbit in orbits.items():
+                for vi, c2w in enumerate(orbit.c2w):
+                    cam.matrix_world = Matrix(blender_camera_matrix_world(c2w).tolist())
+                    scene.render.filepath = str(out_dir / name / f"v{vi:02d}_f{fi:02d}.png")
+                    bpy.ops.render.render(write_still=True)
+                    images += 1
+    t_end = time.perf_counter()
+    missing = [
+        f"{name}/v{vi:02d}_f{fi:02d}.png"
+        for name, orbit in orbits.items()
+        for vi in range(len(orbit))
+        for fi in range(len(frames))
+        if not (out_dir / name / f"v{vi:02d}_f{fi:02d}.png").is_file()
+    ]
+    if missing:
+        raise RuntimeError(
+            f"Cycles wrote no image for {missing[:5]} ({len(missing)} missing); see {log_path}"
+        )
+
+    K = intrinsics(job.orbit.fov_deg, job.resolution)
+    render_s = t_end - t_render
+    return {
+        "status": "ok",
+        "uid": job.uid,
+        "mode": job.mode,
+        "blender_version": ".".join(str(v) for v in bpy.app.version),
+        "resolution": int(job.resolution),
+        "fov_deg": float(job.orbit.fov_deg),
+        "K": K.tolist(),
+        "cameras": {name: orbit.to_json() for name, orbit in orbits.items()},
+        "frames": asset.frames_json(),
+        "normalization": {"scale": float(scale), "offset": [float(v) for v in offset]},
+        "global_offsets": None if offsets is None else offsets.tolist(),
+        "num_vertices": int(num_vertices),
+        "num_faces": int(num_faces),
+        "num_meshes": len(asset.meshes),
+        "mesh_names": [m.name for m in asset.meshes],
+        "environment": env_used,
+        "render_settings": settings,
+        "timings": {
+            "import_s": asset.import_s,
+            "setup_s": t_render - t_setup,
+            "render_s": render_s,
+            "total_s": t_end - t_start,
+            "images": images,
+            "s_per_image": render_s / max(images, 1),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, __doc__, "result.json", render)
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # a bpy process can hang at interpreter exit after rendering

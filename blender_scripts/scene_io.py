@@ -1,0 +1,395 @@
+"""Blender scene I/O for one asset: reset, import, the asset's own geometry, its clip, evaluated vertices.
+
+Everything here needs bpy, imported lazily inside the functions so that `AssetError` and the constants can be
+imported by code without Blender.
+
+Asset geometry = objects of a geometry type (mesh, curve, surface, metaball, text) that are not importer
+helpers. Helpers are: objects used as a bone's custom shape (`pose.bones[*].custom_shape`; the glTF
+importer's 'Icosphere'), objects in the glTF importer's 'glTF_not_exported' collection, objects not in the
+view layer, and objects hidden in the viewport or for rendering. Helpers, lights and cameras that come with
+an asset are hidden from rendering, so the scene is lit only by our environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".fbx", ".obj", ".blend")
+GEOMETRY_TYPES = ("MESH", "CURVE", "SURFACE", "META", "FONT")
+ROOT_NAME = "sv4d2_root"
+_GLTF_HELPER_COLLECTION = "glTF_not_exported"
+
+
+class AssetError(Exception):
+    """A bad asset (not a crash): recorded as a failure with a reason code and never retried.
+
+    reason: one of missing_file, empty_file, unsupported_format, import_error, no_mesh, no_animation,
+    varying_topology, bad_clip.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@contextlib.contextmanager
+def captured_output(log_path: str | os.PathLike) -> Iterator[None]:
+    """Send the process's file descriptors 1 and 2 (Blender's C-level prints) to `log_path` (appended)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def reset_scene() -> None:
+    """An empty factory scene (no cube, camera or light)."""
+    import bpy
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise AssetError("missing_file", f"{path} does not exist")
+    ext = path.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise AssetError(
+            "unsupported_format", f"extension {ext!r} of {path.name} not in {SUPPORTED_EXTENSIONS}"
+        )
+    size = path.stat().st_size
+    if size == 0:
+        raise AssetError("empty_file", f"{path} is zero bytes")
+    if ext == ".glb":
+        with open(path, "rb") as f:
+            header = f.read(12)
+        if len(header) < 12 or header[:4] != b"glTF":
+            raise AssetError("import_error", f"{path.name}: not a GLB (bad magic {header[:4]!r})")
+        declared = int.from_bytes(header[8:12], "little")
+        if declared != size:
+            raise AssetError(
+                "import_error",
+                f"{path.name}: truncated or corrupt GLB ({size} bytes, header says {declared})",
+            )
+
+
+def import_asset(path: str | os.PathLike) -> list[Any]:
+    """Import an asset file into the current scene; returns the objects it added.
+
+    .blend files are opened (they replace the scene). Raises AssetError for a missing, unsupported, empty,
+    truncated or unreadable file.
+    """
+    import bpy
+
+    path = Path(path)
+    _check_file(path)
+    ext = path.suffix.lower()
+    before = set(bpy.data.objects)
+    try:
+        if ext in (".glb", ".gltf"):
+            result = bpy.ops.import_scene.gltf(filepath=str(path))
+        elif ext == ".fbx":
+            result = bpy.ops.import_scene.fbx(filepath=str(path))
+        elif ext == ".obj":
+            result = bpy.ops.wm.obj_import(filepath=str(path))
+        else:
+            result = bpy.ops.wm.open_mainfile(filepath=str(path))
+            before = set()
+    except Exception as exc:  # Blender importers raise RuntimeError with the importer's message
+        raise AssetError("import_error", f"{path.name}: {str(exc).strip()[:500]}") from exc
+    if "FINISHED" not in result:
+        raise AssetError("import_error", f"{path.name}: importer returned {sorted(result)}")
+    return [o for o in bpy.data.objects if o not in before]
+
+
+def helper_objects() -> set[Any]:
+    """Objects in the scene that are importer helpers, not part of the asset (see module docstring)."""
+    import bpy
+
+    view_layer = bpy.context.view_layer
+    helpers = set()
+    for obj in bpy.data.objects:
+        if obj.type == "ARMATURE" and obj.pose is not None:
+            helpers.update(pb.custom_shape for pb in obj.pose.bones if pb.custom_shape is not None)
+    for obj in bpy.data.objects:
+        if any(c.name.startswith(_GLTF_HELPER_COLLECTION) for c in obj.users_collection):
+            helpers.add(obj)
+        elif obj.name not in view_layer.objects:
+            helpers.add(obj)
+        elif obj.hide_render or obj.hide_viewport or obj.hide_get():
+            helpers.add(obj)
+    return helpers
+
+
+def asset_meshes() -> list[Any]:
+    """The asset's own geometry objects, sorted by name (deterministic vertex order)."""
+    import bpy
+
+    helpers = helper_objects()
+    return sorted(
+        (o for o in bpy.data.objects if o.type in GEOMETRY_TYPES and o not in helpers), key=lambda o: o.name
+    )
+
+
+def prepare_asset_scene() -> list[Any]:
+    """Hide helpers, lights and cameras from rendering; return the asset geometry (AssetError no_mesh)."""
+    import bpy
+
+    meshes = asset_meshes()
+    keep = set(meshes)
+    for obj in bpy.data.objects:
+        if obj.type in GEOMETRY_TYPES and obj not in keep or obj.type in ("LIGHT", "CAMERA", "LIGHT_PROBE"):
+            obj.hide_render = True
+    if not meshes:
+        raise AssetError("no_mesh", "the file contains no mesh (or only importer helper objects)")
+    return meshes
+
+
+@dataclass
+class Clip:
+    """The animation clip: action (the longest active action in use, or None), its range and the fps."""
+
+    action: str | None
+    frame_start: float
+    frame_end: float
+    fps: float
+    actions_in_use: list[str]
+
+    @property
+    def has_animation(self) -> bool:
+        return self.action is not None and self.frame_end > self.frame_start
+
+    def to_json(self) -> dict:
+        return {
+            "action": self.action,
+            "action_frame_range": [self.frame_start, self.frame_end],
+            "fps": self.fps,
+            "actions_in_use": self.actions_in_use,
+        }
+
+
+def _active_actions() -> list[Any]:
+    """Actions driving the scene's objects or their shape keys (object or shape-key animation data)."""
+    import bpy
+
+    found = []
+    for obj in bpy.data.objects:
+        owners = [obj]
+        data = getattr(obj, "data", None)
+        if data is not None and getattr(data, "shape_keys", None) is not None:
+            owners.append(data.shape_keys)
+        for owner in owners:
+            ad = owner.animation_data
+            if ad is not None and ad.action is not None and ad.action not in found:
+                found.append(ad.action)
+    return found
+
+
+def find_clip() -> Clip:
+    """The clip to render: the union of the frame ranges of the actions in use; named after the longest.
+
+    Several actions in use happen when a glTF animation drives several nodes (rigid articulated parts get
+    one action each), so the union is the animation's range. Without an action the scene range is kept.
+    """
+    import bpy
+
+    scene = bpy.context.scene
+    fps = scene.render.fps / scene.render.fps_base
+    actions = _active_actions()
+    if not actions:
+        return Clip(None, float(scene.frame_start), float(scene.frame_end), fps, [])
+    ranges = [tuple(float(v) for v in a.frame_range) for a in actions]
+    longest = max(range(len(actions)), key=lambda i: (ranges[i][1] - ranges[i][0], actions[i].name))
+    start = min(r[0] for r in ranges)
+    end = max(r[1] for r in ranges)
+    return Clip(actions[longest].name, start, end, fps, sorted(a.name for a in actions))
+
+
+def set_frame(frame: float) -> None:
+    """Evaluate the scene at a (possibly fractional) frame."""
+    import bpy
+
+    whole = math.floor(frame)
+    bpy.context.scene.frame_set(int(whole), subframe=float(frame - whole))
+
+
+def evaluated_vertices(meshes: list[Any]) -> list[np.ndarray]:
+    """World-space evaluated (deformed) vertex positions per object, (n_i, 3) float64, at the current frame.
+
+    Covers armature skinning, shape keys, modifiers and rigid (object/parent) animation.
+    """
+    import bpy
+
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    out = []
+    for obj in meshes:
+        ev = obj.evaluated_get(depsgraph)
+        mesh = ev.to_mesh()
+        try:
+            co = np.empty(len(mesh.vertices) * 3, dtype=np.float64)
+            mesh.vertices.foreach_get("co", co)
+            co = co.reshape(-1, 3)
+            mw = np.array(ev.matrix_world, dtype=np.float64)
+            out.append(co @ mw[:3, :3].T + mw[:3, 3])
+        finally:
+            ev.to_mesh_clear()
+    return out
+
+
+def bboxes_at_frames(meshes: list[Any], frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World-space bounding box (mins (F, 3), maxs (F, 3)) of all asset vertices at each frame."""
+    mins, maxs = [], []
+    for f in frames:
+        set_frame(float(f))
+        pts = [v for v in evaluated_vertices(meshes) if len(v)]
+        if not pts:
+            raise AssetError("no_mesh", f"the asset's meshes have no vertices at frame {f}")
+        allp = np.concatenate(pts)
+        mins.append(allp.min(0))
+        maxs.append(allp.max(0))
+    return np.array(mins), np.array(maxs)
+
+
+def mesh_counts(meshes: list[Any]) -> tuple[int, int]:
+    """(vertices, faces) of the asset's evaluated geometry at the current frame."""
+    import bpy
+
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    nv = nf = 0
+    for obj in meshes:
+        ev = obj.evaluated_get(depsgraph)
+        mesh = ev.to_mesh()
+        try:
+            nv += len(mesh.vertices)
+            nf += len(mesh.polygons)
+        finally:
+            ev.to_mesh_clear()
+    return nv, nf
+
+
+def add_root(frames: np.ndarray, scale: float, offset: np.ndarray, global_offsets: np.ndarray | None) -> Any:
+    """Parent every top-level object under an empty `sv4d2_root` that applies the per-frame transform.
+
+    World points become p' = scale * (p - global_offsets[f] + offset): the root's scale is `scale` and its
+    location, keyframed (linear) at each rendered frame, is scale * (offset - global_offsets[f]). Children
+    keep their world transforms (the root is at the identity when they are parented).
+    """
+    import bpy
+
+    root = bpy.data.objects.new(ROOT_NAME, None)
+    bpy.context.scene.collection.objects.link(root)
+    for obj in list(bpy.data.objects):
+        if obj is root or obj.parent is not None:
+            continue
+        obj.parent = root
+        obj.matrix_parent_inverse.identity()
+    root.scale = (scale, scale, scale)
+    offset = np.asarray(offset, dtype=np.float64)
+    for i, f in enumerate(frames):
+        g = np.zeros(3) if global_offsets is None else np.asarray(global_offsets[i], dtype=np.float64)
+        root.location = tuple(float(v) for v in scale * (offset - g))
+        root.keyframe_insert("location", frame=float(f))
+    if root.animation_data is not None and root.animation_data.action is not None:
+        _set_linear(root.animation_data.action)
+    return root
+
+
+def _set_linear(action: Any) -> None:
+    """Linear interpolation: a subframe evaluated a float rounding off a key still gets the key's value."""
+    fcurves = getattr(action, "fcurves", None)
+    if fcurves is None or len(fcurves) == 0:  # slotted actions (Blender 4.4+): fcurves live in channelbags
+        fcurves = [
+            fc
+            for layer in action.layers
+            for strip in layer.strips
+            for cb in strip.channelbags
+            for fc in cb.fcurves
+        ]
+    for fc in fcurves:
+        for kp in fc.keyframe_points:
+            kp.interpolation = "LINEAR"
+
+
+def select_frames(
+    clip: Clip, mode: str, num_frames: int, duration_s: float, static_frame: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source frames (F,) and their times (F,) in seconds for a job.
+
+    4d: F frames uniformly over the clip (frames.sample_frames); AssetError no_animation without a clip.
+    static: one frame, `static_frame` if given, else the clip's first frame (the scene's start without one).
+    """
+    from blender_scripts.frames import sample_frames
+
+    if mode == "static":
+        frame = float(static_frame) if static_frame is not None else float(clip.frame_start)
+        return np.array([frame]), np.zeros(1)
+    if not clip.has_animation:
+        detail = (
+            "no action drives the asset" if clip.action is None else f"action {clip.action} has no duration"
+        )
+        raise AssetError("no_animation", detail)
+    try:
+        sample = sample_frames(clip.frame_start, clip.frame_end, clip.fps, num_frames, duration_s)
+    except ValueError as exc:
+        raise AssetError("bad_clip", str(exc)) from exc
+    return sample.source_frames, sample.times_s
+
+
+@dataclass
+class LoadedAsset:
+    meshes: list[Any]
+    clip: Clip
+    source_frames: np.ndarray
+    times_s: np.ndarray
+    import_s: float
+
+    def frames_json(self) -> dict:
+        d = self.clip.to_json()
+        d["source_frames"] = self.source_frames.tolist()
+        d["times_s"] = self.times_s.tolist()
+        return d
+
+
+def load_asset(
+    asset_path: str, mode: str, num_frames: int, duration_s: float, static_frame: float | None, log_path: str
+) -> LoadedAsset:
+    """Reset the scene, import the asset (importer output to `log_path`), find its meshes, clip and frames."""
+    import time
+
+    import bpy
+
+    t0 = time.perf_counter()
+    with captured_output(log_path):
+        reset_scene()
+        import_asset(asset_path)
+    import_s = time.perf_counter() - t0
+    meshes = prepare_asset_scene()
+    clip = find_clip()
+    frames, times = select_frames(clip, mode, num_frames, duration_s, static_frame)
+    scene = bpy.context.scene
+    scene.frame_start = min(scene.frame_start, math.floor(frames.min()))
+    scene.frame_end = max(scene.frame_end, math.ceil(frames.max()))
+    return LoadedAsset(meshes, clip, frames, times, import_s)
