@@ -1,0 +1,270 @@
+"""UNet building blocks of SV4D 2.0: ResBlocks with temporal mixing, resampling, spatio-temporal transformer.
+
+Internally every image-level tensor is (N, C, H, W) with N = B * F * V flattened in (batch, frame, view)
+order, frame-major and view-minor, as the official release orders its 48 latents. :class:`BlockContext`
+carries the layout and the conditioning tensors that the blocks need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import BasicTransformerBlock, TimeMixBlock
+from .embeddings import timestep_embedding
+
+
+@dataclass
+class BlockContext:
+    """Per-forward inputs shared by all blocks.
+
+    emb: (N, E) diffusion-time embedding plus label embedding of the camera vector.
+    vector: (N, adm_in_channels) the raw camera/noise conditioning vector (input of the camera MLPs).
+    clip: (B, F, context_dim) CLIP image embedding of the input frame at each time index.
+    ref: (B, V, C_lat, H0, W0) reference-view latents (already masked) or None (treated as zeros).
+    frame_index: (B, F) float frame indices for the frame-index embedding.
+    """
+
+    batch: int
+    frames: int
+    views: int
+    emb: torch.Tensor
+    vector: torch.Tensor
+    clip: torch.Tensor
+    ref: torch.Tensor | None
+    frame_index: torch.Tensor
+    frame_attention: bool = True
+    _ref_cache: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def motion_context(self, h: int, w: int, channels: int, dtype: torch.dtype) -> torch.Tensor:
+        """Reference latents resized (bilinear) to (h, w), a token per (batch, view, pixel): (BVhw, 1, c)."""
+        key = (h, w)
+        if key not in self._ref_cache:
+            b, v = self.batch, self.views
+            if self.ref is None:
+                ctx = torch.zeros(b * v * h * w, 1, channels, device=self.emb.device, dtype=dtype)
+            else:
+                ref = self.ref.reshape(b * v, *self.ref.shape[2:])
+                if ref.shape[-2:] != (h, w):
+                    ref = F.interpolate(ref.float(), size=(h, w), mode="bilinear")
+                ctx = ref.to(dtype).permute(0, 2, 3, 1).reshape(b * v * h * w, 1, channels)
+            self._ref_cache[key] = ctx
+        return self._ref_cache[key]
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 and cast back (stable under bf16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+class MixFactor(nn.Module):
+    """Learned blend ``alpha * skip + (1 - alpha) * mixed`` with ``alpha = sigmoid(mix_factor)``.
+
+    This is the official AlphaBlender ("learned_with_images" with image_only_indicator = 0, i.e. "learned"):
+    ``alpha`` weighs the skip (spatial) input, so the paper's blending weight of the attended result
+    (alpha_3D, alpha_f) is ``1 - sigmoid(mix_factor)``.
+    """
+
+    def __init__(self, init: float = 0.0):
+        super().__init__()
+        self.mix_factor = nn.Parameter(torch.tensor([float(init)]))
+
+    def alpha(self) -> torch.Tensor:
+        return torch.sigmoid(self.mix_factor)
+
+    def forward(self, skip: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        a = self.alpha().to(skip.dtype)
+        return a * skip + (1.0 - a) * mixed
+
+
+class TemporalResBlock(nn.Module):
+    """ResBlock on (B, C, S, H, W) with a (k, 1, 1) kernel: it convolves along the sequence axis S only.
+
+    The GroupNorms normalise over (C/groups, S, H, W), i.e. across the whole sequence, as the official 3D
+    ResBlock.
+    The embedding is per sequence element: (B, S, E).
+    """
+
+    def __init__(self, channels: int, emb_channels: int, kernel: int, groups: int, dropout: float = 0.0):
+        super().__init__()
+        ks, pad = (kernel, 1, 1), (kernel // 2, 0, 0)
+        self.in_layers = nn.Sequential(
+            GroupNorm32(groups, channels), nn.SiLU(), nn.Conv3d(channels, channels, ks, padding=pad)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, channels))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(groups, channels),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Conv3d(channels, channels, ks, padding=pad),
+        )
+        nn.init.zeros_(self.out_layers[3].weight)
+        nn.init.zeros_(self.out_layers[3].bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, S, H, W); emb: (B, S, E). Returns (B, C, S, H, W)."""
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).transpose(1, 2)[..., None, None].to(h.dtype)
+        return x + self.out_layers(h)
+
+
+class ResBlock(nn.Module):
+    """Spatial ResBlock (per image) followed by a temporal ResBlock along the (frame, view) sequence, blended.
+
+    Official semantics (PostHocResBlockWithTime with num_video_frames = F * V): the temporal (3, 1, 1)
+    convolution slides along the F * V latents of each sample in frame-major, view-minor order, zero-padded at
+    the ends; output = alpha * spatial + (1 - alpha) * temporal with alpha = sigmoid(time_mixer.mix_factor).
+    """
+
+    def __init__(self, channels: int, out_channels: int, cfg) -> None:
+        super().__init__()
+        emb_channels = cfg.time_embed_dim
+        g = cfg.norm_groups
+        self.in_layers = nn.Sequential(
+            GroupNorm32(g, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(g, out_channels),
+            nn.SiLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        nn.init.zeros_(self.out_layers[3].weight)
+        nn.init.zeros_(self.out_layers[3].bias)
+        self.skip_connection = (
+            nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+        )
+        self.time_mix_blocks = TemporalResBlock(
+            out_channels, emb_channels, cfg.temporal_kernel_size, g, cfg.dropout
+        )
+        self.time_mixer = MixFactor(cfg.merge_factor_init)
+
+    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        """x: (N, C_in, H, W) -> (N, C_out, H, W)."""
+        h = self.in_layers(x)
+        h = h + self.emb_layers(ctx.emb)[..., None, None].to(h.dtype)
+        h = self.skip_connection(x) + self.out_layers(h)
+        n, c, hh, ww = h.shape
+        b, s = ctx.batch, ctx.frames * ctx.views
+        seq = h.view(b, s, c, hh, ww).transpose(1, 2)
+        temporal = self.time_mix_blocks(seq, ctx.emb.view(b, s, -1))
+        out = self.time_mixer(seq, temporal)
+        return out.transpose(1, 2).reshape(n, c, hh, ww)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class SpatioTemporalTransformer(nn.Module):
+    """Spatial attention per image, 3D attention per frame over all V*H*W tokens, frame attention per pixel.
+
+    For each depth index:
+      1. ``transformer_blocks``: self-attention over the H*W tokens of each image, cross-attention to the CLIP
+         embedding of that image's input frame.
+      2. ``time_mix_blocks`` (3D / camera block): the camera MLP ``time_mix_time_embed`` (adm -> 4C -> C) of
+         the conditioning vector is added to each image's tokens, then attention over all V*H*W tokens of each
+         frame (paper eq. 2, the F x (V*H*W) layout), cross-attention to the frame's CLIP embedding;
+         blended with ``time_mixer``.
+      3. ``motion_blocks`` (frame block): the frame-index MLP ``time_mix_motion_embed`` (C -> 4C -> C) of the
+         sinusoidal frame-index embedding is added, then attention over the F frames at each (view, pixel),
+         cross-attention to the reference-view latent at that (view, pixel); blended with
+         ``time_mixer_motion``.
+         Skipped entirely (alpha_f = 0) when the context says ``frame_attention=False``.
+    """
+
+    def __init__(self, channels: int, cfg) -> None:
+        super().__init__()
+        heads = channels // cfg.num_head_channels
+        d = cfg.num_head_channels
+        depth = cfg.transformer_depth
+        self.channels = channels
+        self.max_period = cfg.max_period
+        self.motion_context_dim = cfg.motion_context_dim
+        self.norm = GroupNorm32(cfg.norm_groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            [BasicTransformerBlock(channels, heads, d, cfg.context_dim, cfg.dropout) for _ in range(depth)]
+        )
+        self.proj_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+        self.time_mix_blocks = nn.ModuleList(
+            [TimeMixBlock(channels, heads, d, cfg.context_dim, cfg.dropout) for _ in range(depth)]
+        )
+        self.motion_blocks = nn.ModuleList(
+            [TimeMixBlock(channels, heads, d, cfg.motion_context_dim, cfg.dropout) for _ in range(depth)]
+        )
+        self.time_mix_time_embed = nn.Sequential(
+            nn.Linear(cfg.adm_in_channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, channels)
+        )
+        self.time_mix_motion_embed = nn.Sequential(
+            nn.Linear(channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, channels)
+        )
+        self.time_mixer = MixFactor(cfg.merge_factor_init)
+        self.time_mixer_motion = MixFactor(cfg.motion_merge_factor_init)
+        self.init_frame_layers_as_identity_()
+
+    def frame_modules(self) -> list[nn.Module]:
+        """The frame-attention layers (new in SV4D 2.0 relative to SV3D)."""
+        return [self.motion_blocks, self.time_mix_motion_embed, self.time_mixer_motion]
+
+    @torch.no_grad()
+    def init_frame_layers_as_identity_(self, motion_merge_factor: float | None = None) -> None:
+        """Zero the frame block's residual outputs and its embedding output, so the frame branch returns its
+        input and the network equals the 3D model whatever alpha_f is; optionally reset the mix logit."""
+        for blk in self.motion_blocks:
+            blk.zero_residual_outputs_()
+        nn.init.zeros_(self.time_mix_motion_embed[2].weight)
+        nn.init.zeros_(self.time_mix_motion_embed[2].bias)
+        if motion_merge_factor is not None:
+            self.time_mixer_motion.mix_factor.fill_(motion_merge_factor)
+
+    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        """x: (N, C, H, W) with N = B*F*V in (b, f, v) order. Returns (N, C, H, W)."""
+        n, c, hh, ww = x.shape
+        b, f, v = ctx.batch, ctx.frames, ctx.views
+        hw = hh * ww
+        h = self.norm(x).permute(0, 2, 3, 1).reshape(n, hw, c)
+        h = self.proj_in(h)
+        clip = ctx.clip
+        clip_per_image = clip[:, :, None, :].expand(b, f, v, clip.shape[-1]).reshape(n, 1, clip.shape[-1])
+        clip_per_frame = clip.reshape(b * f, 1, clip.shape[-1])
+        cam = self.time_mix_time_embed(ctx.vector)[:, None, :]
+        if ctx.frame_attention:
+            femb = timestep_embedding(ctx.frame_index, c, self.max_period).to(ctx.vector.dtype)
+            femb = self.time_mix_motion_embed(femb)[:, :, None, :]  # (B, F, 1, C)
+            motion_ctx = ctx.motion_context(hh, ww, self.motion_context_dim, h.dtype)
+        for blk, blk3d, blkf in zip(self.transformer_blocks, self.time_mix_blocks, self.motion_blocks):
+            h = blk(h, clip_per_image)
+            mixed = (h + cam.to(h.dtype)).reshape(b * f, v * hw, c)
+            mixed = blk3d(mixed, clip_per_frame).reshape(n, hw, c)
+            h = self.time_mixer(h, mixed)
+            if ctx.frame_attention:
+                mixed = h.view(b, f, v * hw, c) + femb.to(h.dtype)
+                mixed = mixed.transpose(1, 2).reshape(b * v * hw, f, c)
+                mixed = blkf(mixed, motion_ctx)
+                mixed = mixed.view(b, v * hw, f, c).transpose(1, 2).reshape(n, hw, c)
+                h = self.time_mixer_motion(h, mixed)
+        h = self.proj_out(h)
+        return h.view(n, hh, ww, c).permute(0, 3, 1, 2) + x

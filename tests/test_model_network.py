@@ -1,0 +1,262 @@
+"""Properties of the SV4D 2.0 UNet on the tiny config (CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.blocks import ResBlock, SpatioTemporalTransformer
+from model.config import TINY, UNetConfig, load_config, save_config
+from model.embeddings import relative_polar_azimuth, timestep_embedding
+from model.unet import SV4D2UNet, build_unet
+
+BIG = 1.0e4  # a mix logit whose sigmoid is exactly 1.0 in float32: the mixed branch gets weight 0
+
+
+def random_model(seed: int = 0, **cfg_changes) -> SV4D2UNet:
+    """Tiny model with every parameter random (the default init zeroes output layers, which would hide
+    dependencies) and all mix logits 0 (alpha = 0.5)."""
+    torch.manual_seed(seed)
+    model = build_unet(TINY.replace(**cfg_changes))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("mix_factor"):
+                p.zero_()
+            elif p.ndim >= 2:
+                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))
+            elif "norm" in name and name.endswith("weight"):
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def inputs(b: int = 1, f: int = 3, v: int = 4, hw: int = 8, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        x=torch.randn(b, f, v, 4, hw, hw, generator=g),
+        timesteps=torch.randn(b, generator=g),
+        cond_latent=torch.randn(b, f, 4, hw, hw, generator=g),
+        clip_emb=torch.randn(b, f, TINY.context_dim, generator=g),
+        polar_rad=torch.rand(b, f, v, generator=g) * 3,
+        azimuth_rad=torch.rand(b, f, v, generator=g) * 6,
+        cond_sigma=torch.rand(b, generator=g),
+        ref_latents=torch.randn(b, v, 4, hw, hw, generator=g),
+    )
+
+
+def set_mix(model: SV4D2UNet, resblock: float | None = None, cam: float | None = None, frame: float | None = None):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, ResBlock) and resblock is not None:
+                m.time_mixer.mix_factor.fill_(resblock)
+            if isinstance(m, SpatioTemporalTransformer):
+                if cam is not None:
+                    m.time_mixer.mix_factor.fill_(cam)
+                if frame is not None:
+                    m.time_mixer_motion.mix_factor.fill_(frame)
+
+
+@torch.no_grad()
+def run(model: SV4D2UNet, **kw) -> torch.Tensor:
+    return model(**kw)
+
+
+@pytest.mark.parametrize("b,f,v,hw", [(1, 3, 4, 8), (2, 2, 2, 16)])
+def test_output_shape_and_finite(b, f, v, hw):
+    model = random_model()
+    out = run(model, **inputs(b, f, v, hw))
+    assert out.shape == (b, f, v, 4, hw, hw)
+    assert torch.isfinite(out).all() and out.abs().max() > 0
+
+
+def test_cond_latent_per_view_equals_repeated():
+    model = random_model()
+    kw = inputs()
+    a = run(model, **kw)
+    kw["cond_latent"] = kw["cond_latent"][:, :, None].expand(-1, -1, 4, -1, -1, -1)
+    assert torch.equal(a, run(model, **kw))
+
+
+def test_config_json_round_trip(tmp_path):
+    path = save_config(TINY, tmp_path)
+    assert path.name == "config.json"
+    assert load_config(tmp_path) == TINY
+    with pytest.raises(ValueError, match="adm_in_channels"):
+        UNetConfig(adm_in_channels=100)
+    with pytest.raises(ValueError, match="unknown UNetConfig keys"):
+        UNetConfig.from_dict({"bogus": 1})
+
+
+def test_bad_inputs_raise():
+    model = random_model()
+    kw = inputs()
+    with pytest.raises(ValueError, match="x must be"):
+        model(**{**kw, "x": kw["x"][0]})
+    with pytest.raises(ValueError, match="clip_emb"):
+        model(**{**kw, "clip_emb": kw["clip_emb"][:, :2]})
+    with pytest.raises(ValueError, match="not divisible"):
+        model(**{**inputs(hw=9)})
+
+
+def test_frame_bypass_ignores_frame_weights_and_equals_alpha_f_zero():
+    model = random_model()
+    kw = inputs()
+    off = run(model, **kw, frame_attention=False)
+    on = run(model, **kw, frame_attention=True)
+    assert not torch.allclose(off, on, atol=1e-4)  # the frame attention does something when enabled
+    with torch.no_grad():
+        for p in model.frame_attention_parameters():
+            p.add_(torch.randn_like(p))
+    assert torch.equal(off, run(model, **kw, frame_attention=False))
+    model.set_frame_attention(False)
+    assert torch.equal(off, run(model, **kw))
+    model.set_frame_attention(True)
+    set_mix(model, frame=BIG)  # alpha_f = 1 - sigmoid(BIG) = 0 exactly
+    assert torch.equal(off, run(model, **kw))
+
+
+def test_identity_initialised_frame_layers_leave_the_3d_model_unchanged():
+    model = random_model()
+    for t in model.transformers():
+        t.init_frame_layers_as_identity_(motion_merge_factor=0.0)  # alpha_f = 0.5, still identity
+    kw = inputs()
+    torch.testing.assert_close(run(model, **kw, frame_attention=True), run(model, **kw, frame_attention=False))
+    fresh = build_unet(TINY)
+    assert all(abs(a_f - (1 - 1 / (1 + math.exp(-5.0)))) < 1e-6 for _, a_f in fresh.mix_alphas().values())
+
+
+def test_frame_attention_parameters_and_freezing():
+    model = random_model()
+    names = model.frame_attention_parameter_names()
+    assert names and all(
+        any(s in n for s in ("motion_blocks", "time_mix_motion_embed", "time_mixer_motion")) for n in names
+    )
+    n_transformers = sum(1 for _ in model.transformers())
+    assert sum(n.endswith("time_mixer_motion.mix_factor") for n in names) == n_transformers
+    model.set_frame_attention(False)
+    model(**inputs()).square().mean().backward()
+    frame_ids = {id(p) for p in model.frame_attention_parameters()}
+    for p in model.parameters():
+        if id(p) in frame_ids:
+            assert p.grad is None
+    assert all(p.grad is not None for p in model.parameters() if id(p) not in frame_ids)
+
+
+def _changed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(F, V) bool: which output latents differ."""
+    return (a - b).abs().flatten(3).amax(-1)[0] > 1e-6
+
+
+def test_3d_attention_mixes_views_within_a_frame_only():
+    model = random_model()
+    # Temporal ResBlocks and frame attention off: only the 3D attention can couple latents.
+    set_mix(model, resblock=BIG, cam=BIG)
+    model.set_frame_attention(False)
+    kw = inputs()
+    base = run(model, **kw)
+    kw2 = {**kw, "x": kw["x"].clone()}
+    kw2["x"][0, 1, 0, :, :2, :2] += 1.0  # frame 1, view 0, one corner
+    changed = _changed(base, run(model, **kw2))
+    assert changed.tolist() == [[False] * 4, [True, False, False, False], [False] * 4]
+    set_mix(model, cam=0.0)  # alpha_3D = 0.5
+    base = run(model, **kw)
+    changed = _changed(base, run(model, **kw2))
+    assert changed[1].all()  # every view of frame 1 sees the change
+    assert not changed[0].any() and not changed[2].any()  # other frames do not: one attention per frame
+
+
+def test_frame_attention_mixes_frames_within_a_view_only():
+    model = random_model()
+    set_mix(model, resblock=BIG, cam=BIG, frame=0.0)
+    kw = inputs()
+    base = run(model, **kw)
+    kw2 = {**kw, "x": kw["x"].clone()}
+    kw2["x"][0, 0, 1] += 1.0  # frame 0, view 1
+    changed = _changed(base, run(model, **kw2))
+    assert changed[:, 1].all()
+    assert not changed[:, [0, 2, 3]].any()
+
+
+def test_temporal_resblocks_mix_along_the_frame_view_sequence():
+    model = random_model()
+    set_mix(model, resblock=0.0, cam=BIG)
+    model.set_frame_attention(False)
+    kw = inputs()
+    kw2 = {**kw, "x": kw["x"].clone()}
+    kw2["x"][0, 2, 3] += 1.0
+    changed = _changed(run(model, **kw), run(model, **kw2))
+    assert changed.all()  # group norms over the whole (F*V) sequence couple every latent
+
+
+def test_camera_embedding_changes_output():
+    model = random_model()
+    kw = inputs()
+    base = run(model, **kw)
+    kw2 = {**kw, "azimuth_rad": kw["azimuth_rad"].clone()}
+    kw2["azimuth_rad"][0, :, 2] += 0.5
+    assert not torch.allclose(base, run(model, **kw2), atol=1e-5)
+    t = next(iter(model.transformers()))
+    with torch.no_grad():
+        t.time_mix_time_embed[2].bias.add_(1.0)
+    assert not torch.allclose(base, run(model, **kw), atol=1e-5)
+
+
+def test_reference_masking():
+    model = random_model()
+    kw = inputs(b=2)
+    none = run(model, **{**kw, "ref_latents": None})
+    masked = run(model, **kw, ref_mask=torch.zeros(2))
+    torch.testing.assert_close(masked, none, rtol=0, atol=1e-6)
+    unmasked = run(model, **kw, ref_mask=torch.ones(2))
+    assert torch.equal(unmasked, run(model, **kw))
+    assert not torch.allclose(unmasked, none, atol=1e-4)
+    # Per-sample mask: sample 0 keeps its references, sample 1 drops them.
+    mixed = run(model, **kw, ref_mask=torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(mixed[1], none[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(mixed[0], unmasked[0], rtol=0, atol=1e-6)
+    # Per-view mask equals zeroing that view's latent; references at another resolution are resized.
+    per_view = run(model, **kw, ref_mask=torch.tensor([[1.0, 0.0, 1.0, 1.0]] * 2))
+    ref0 = kw["ref_latents"].clone()
+    ref0[:, 1] = 0
+    torch.testing.assert_close(per_view, run(model, **{**kw, "ref_latents": ref0}), rtol=0, atol=1e-6)
+    big = torch.nn.functional.interpolate(kw["ref_latents"].flatten(0, 1), scale_factor=2, mode="nearest")
+    out_big = run(model, **{**kw, "ref_latents": big.view(2, 4, 4, 16, 16)})
+    assert torch.isfinite(out_big).all()
+
+
+def test_bf16_autocast_runs_and_is_close():
+    model = random_model()
+    kw = inputs()
+    ref = run(model, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**kw)
+        out.float().square().mean().backward()
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_checkpointing_gives_same_gradients():
+    kw = inputs(f=2, v=2)
+    grads = []
+    for ckpt in (False, True):
+        model = random_model(gradient_checkpointing=ckpt).train()
+        out = model(**kw)
+        out.square().mean().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_embeddings_known_values():
+    e = timestep_embedding(torch.tensor([0.0, 1.0]), 4)
+    # freqs = [1, 10000^-0.5]; layout [cos, cos, sin, sin]
+    torch.testing.assert_close(e[0], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(e[1], torch.tensor([math.cos(1), math.cos(0.01), math.sin(1), math.sin(0.01)]))
+    polar, azim = relative_polar_azimuth(torch.tensor([0.0, 0.3]), torch.tensor([1.0, 0.5]), 0.0, 1.0)
+    torch.testing.assert_close(polar, torch.tensor([math.pi / 2, math.pi / 2 - 0.3]))
+    torch.testing.assert_close(azim, torch.tensor([0.0, 2 * math.pi - 0.5]))
