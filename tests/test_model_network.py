@@ -47,7 +47,9 @@ def inputs(b: int = 1, f: int = 3, v: int = 4, hw: int = 8, seed: int = 1) -> di
     )
 
 
-def set_mix(model: SV4D2UNet, resblock: float | None = None, cam: float | None = None, frame: float | None = None):
+def set_mix(
+    model: SV4D2UNet, resblock: float | None = None, cam: float | None = None, frame: float | None = None
+):
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, ResBlock) and resblock is not None:
@@ -123,7 +125,9 @@ def test_identity_initialised_frame_layers_leave_the_3d_model_unchanged():
     for t in model.transformers():
         t.init_frame_layers_as_identity_(motion_merge_factor=0.0)  # alpha_f = 0.5, still identity
     kw = inputs()
-    torch.testing.assert_close(run(model, **kw, frame_attention=True), run(model, **kw, frame_attention=False))
+    torch.testing.assert_close(
+        run(model, **kw, frame_attention=True), run(model, **kw, frame_attention=False)
+    )
     fresh = build_unet(TINY)
     assert all(abs(a_f - (1 - 1 / (1 + math.exp(-5.0)))) < 1e-6 for _, a_f in fresh.mix_alphas().values())
 
