@@ -1,0 +1,194 @@
+"""The latent-sample contract: what `curation.encode_latents` writes and training reads.
+
+One WebDataset sample per asset, same ``__key__`` as its render sample. Latent shard N
+(``<out>/latents/shard-{N:06d}.tar``) holds the encoded samples of render shard N. Fields:
+
+===========================  ====================================================================
+field                        content
+===========================  ====================================================================
+``{orbit}.latent_mean.npy``  float16 (V, F, C, H/8, W/8): VAE posterior mean, UNSCALED (C = 4)
+``{orbit}.latent_std.npy``   float16 (V, F, C, H/8, W/8): VAE posterior std, unscaled, >= 0
+``{orbit}.clip.npy``         float16 (V, F, D): CLIP image embedding, not normalized (D = 1024 ViT-H-14)
+``{orbit}.c2w.npy``          float32 (V, 4, 4), copied from the render sample
+``{orbit}.angles.npy``       float32 (V, 3), copied
+``intrinsics.npy``           float32 (3, 3), copied
+``meta.json``                the render sample's meta (frames mapping, normalization, ...) plus
+                             ``encoder`` (see REQUIRED_ENCODER_META) and ``latent_schema_version``
+===========================  ====================================================================
+
+Training draws ``z = (mean + std * eps) * meta["encoder"]["vae_scaling_factor"]`` (see `sample_latents`); the
+images were composited on white before encoding (``meta["encoder"]["background"]``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shards.render_schema import KEY_RE, ORBITS, REQUIRED_META, SchemaError, npy_bytes, npy_load
+
+LATENT_SCHEMA_VERSION = 1
+REQUIRED_ENCODER_META = (
+    "vae",
+    "vae_scaling_factor",
+    "latent_channels",
+    "downsample",
+    "clip_model",
+    "clip_dim",
+    "background",
+)
+ARRAY_FIELDS = ("latent_mean", "latent_std", "clip", "c2w", "angles")
+
+
+@dataclass
+class LatentSample:
+    """A decoded latent sample. mean/std[orbit]: float16 (V, F, C, h, w); clip[orbit]: float16 (V, F, D)."""
+
+    key: str
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+    clip: dict[str, np.ndarray]
+    c2w: dict[str, np.ndarray]
+    angles: dict[str, np.ndarray]
+    intrinsics: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def orbits(self) -> list[str]:
+        return [o for o in ORBITS if o in self.mean]
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.meta["encoder"]["vae_scaling_factor"])
+
+
+def _expect(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+    if arr.dtype != np.dtype(dtype):
+        raise SchemaError(f"{name}: dtype {arr.dtype}, expected {np.dtype(dtype)}")
+    if arr.shape != shape:
+        raise SchemaError(f"{name}: shape {arr.shape}, expected {shape}")
+    if not np.all(np.isfinite(arr)):
+        raise SchemaError(f"{name}: contains NaN or Inf")
+
+
+def _meta(raw: dict[str, Any]) -> dict[str, Any]:
+    if "meta.json" not in raw:
+        raise SchemaError("meta.json: missing")
+    value = raw["meta.json"]
+    try:
+        meta = json.loads(value) if isinstance(value, bytes | str) else dict(value)
+    except Exception as exc:
+        raise SchemaError(f"meta.json: not valid JSON ({exc})") from exc
+    missing = [k for k in (*REQUIRED_META, "encoder") if k not in meta]
+    if missing:
+        raise SchemaError(f"meta.json: missing keys {missing}")
+    enc = meta["encoder"]
+    if not isinstance(enc, dict):
+        raise SchemaError("meta.json: encoder must be a mapping")
+    missing = [k for k in REQUIRED_ENCODER_META if k not in enc]
+    if missing:
+        raise SchemaError(f"meta.json: encoder is missing keys {missing}")
+    orbits = meta["orbits"]
+    if not orbits or any(o not in ORBITS for o in orbits):
+        raise SchemaError(f"meta.json: orbits {orbits!r} must be a non-empty subset of {list(ORBITS)}")
+    return meta
+
+
+def expected_fields(meta: dict[str, Any]) -> set[str]:
+    names = {"__key__", "meta.json", "intrinsics.npy"}
+    for orbit in meta["orbits"]:
+        names |= {f"{orbit}.{a}.npy" for a in ARRAY_FIELDS}
+    return names
+
+
+def decode_latent_sample(raw: dict[str, Any]) -> LatentSample:
+    """Validate a raw latent sample (field -> bytes) and decode it; SchemaError names the offending field."""
+    key = raw.get("__key__")
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise SchemaError(f"__key__: {key!r} is not a valid sample key ([A-Za-z0-9_-]+)")
+    meta = _meta(raw)
+    if meta["uid"] != key:
+        raise SchemaError(f"meta.json: uid {meta['uid']!r} differs from __key__ {key!r}")
+    V, F, R = int(meta["num_views"]), int(meta["num_frames"]), int(meta["resolution"])
+    enc = meta["encoder"]
+    down, C, D = int(enc["downsample"]), int(enc["latent_channels"]), int(enc["clip_dim"])
+    if R % down:
+        raise SchemaError(f"meta.json: resolution {R} is not a multiple of the VAE downsampling {down}")
+    h = R // down
+
+    expected = expected_fields(meta)
+    present = {k for k in raw if not k.startswith("__") or k == "__key__"}
+    missing = sorted(expected - present)
+    if missing:
+        raise SchemaError(f"missing fields: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    extra = sorted(present - expected)
+    if extra:
+        raise SchemaError(f"unexpected fields: {extra[:5]}")
+
+    intrinsics = npy_load(raw["intrinsics.npy"], "intrinsics.npy")
+    _expect(intrinsics, "intrinsics.npy", (3, 3), np.float32)
+    out: dict[str, dict[str, np.ndarray]] = {a: {} for a in ARRAY_FIELDS}
+    shapes = {
+        "latent_mean": ((V, F, C, h, h), np.float16),
+        "latent_std": ((V, F, C, h, h), np.float16),
+        "clip": ((V, F, D), np.float16),
+        "c2w": ((V, 4, 4), np.float32),
+        "angles": ((V, 3), np.float32),
+    }
+    for orbit in meta["orbits"]:
+        for name, (shape, dtype) in shapes.items():
+            fname = f"{orbit}.{name}.npy"
+            arr = npy_load(raw[fname], fname)
+            _expect(arr, fname, shape, dtype)
+            out[name][orbit] = arr
+        if np.any(out["latent_std"][orbit] < 0):
+            raise SchemaError(f"{orbit}.latent_std.npy: negative standard deviations")
+    return LatentSample(
+        key=key,
+        mean=out["latent_mean"],
+        std=out["latent_std"],
+        clip=out["clip"],
+        c2w=out["c2w"],
+        angles=out["angles"],
+        intrinsics=intrinsics,
+        meta=meta,
+    )
+
+
+def validate_latent_sample(raw: dict[str, Any]) -> None:
+    """Raise SchemaError if `raw` breaks the latent contract."""
+    decode_latent_sample(raw)
+
+
+def encode_latent_sample(sample: LatentSample) -> dict[str, Any]:
+    """LatentSample -> raw fields (bytes) for `shards.writer.ShardWriter`, validated before returning.
+
+    Arrays are written with the dtypes of the contract (float16 latents/embeddings, float32 cameras); a
+    wrong shape raises SchemaError naming the field.
+    """
+    meta = dict(sample.meta)
+    meta.setdefault("latent_schema_version", LATENT_SCHEMA_VERSION)
+    raw: dict[str, Any] = {
+        "__key__": sample.key,
+        "meta.json": json.dumps(meta, sort_keys=True).encode(),
+        "intrinsics.npy": npy_bytes(np.asarray(sample.intrinsics, np.float32)),
+    }
+    for orbit in meta.get("orbits", []):
+        raw[f"{orbit}.latent_mean.npy"] = npy_bytes(np.asarray(sample.mean[orbit], np.float16))
+        raw[f"{orbit}.latent_std.npy"] = npy_bytes(np.asarray(sample.std[orbit], np.float16))
+        raw[f"{orbit}.clip.npy"] = npy_bytes(np.asarray(sample.clip[orbit], np.float16))
+        raw[f"{orbit}.c2w.npy"] = npy_bytes(np.asarray(sample.c2w[orbit], np.float32))
+        raw[f"{orbit}.angles.npy"] = npy_bytes(np.asarray(sample.angles[orbit], np.float32))
+    decode_latent_sample(raw)
+    return raw
+
+
+def sample_latents(
+    mean: np.ndarray, std: np.ndarray, scaling_factor: float, rng: np.random.Generator
+) -> np.ndarray:
+    """One draw of the scaled training latent: (mean + std * eps) * scaling_factor, float32, mean's shape."""
+    eps = rng.standard_normal(mean.shape, dtype=np.float32)
+    return (mean.astype(np.float32) + std.astype(np.float32) * eps) * np.float32(scaling_factor)
