@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from blender_scripts.scene_io import set_interpolation
+
 log = logging.getLogger(__name__)
 
 FPS = 24
@@ -242,6 +244,7 @@ def build_walker(rng: np.random.Generator) -> dict:
     for f, x in ((1, -drift / 2), (n, drift / 2)):
         arm.location = (x, 0, 0)
         arm.keyframe_insert("location", frame=float(f))
+    set_interpolation(arm.animation_data.action, "LINEAR", "location")  # a steady walk, no ease in/out
     return {"kind": "skinned", "expected": "render", "num_frames": n, "description": "walker, root drift"}
 
 
@@ -401,6 +404,7 @@ def build_balloon(rng: np.random.Generator) -> dict:
     for f, s in ((1, 1.0), (n, 3.0)):
         obj.scale = (s, s, s)
         obj.keyframe_insert("scale", frame=float(f))
+    set_interpolation(obj.animation_data.action, "LINEAR", "scale")
     return {
         "kind": "rigid",
         "expected": "inconsistent_scale",

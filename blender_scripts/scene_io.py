@@ -313,14 +313,15 @@ def add_root(frames: np.ndarray, scale: float, offset: np.ndarray, global_offset
         root.location = tuple(float(v) for v in scale * (offset - g))
         root.keyframe_insert("location", frame=float(f))
     if root.animation_data is not None and root.animation_data.action is not None:
-        _set_linear(root.animation_data.action)
+        # linear: a subframe evaluated a float rounding away from a key still gets (almost) the key's value
+        set_interpolation(root.animation_data.action, "LINEAR")
     return root
 
 
-def _set_linear(action: Any) -> None:
-    """Linear interpolation: a subframe evaluated a float rounding off a key still gets the key's value."""
-    fcurves = getattr(action, "fcurves", None)
-    if fcurves is None or len(fcurves) == 0:  # slotted actions (Blender 4.4+): fcurves live in channelbags
+def action_fcurves(action: Any) -> list[Any]:
+    """All F-curves of an action (legacy `action.fcurves`, or the channel bags of a slotted action)."""
+    fcurves = list(getattr(action, "fcurves", None) or [])
+    if not fcurves:
         fcurves = [
             fc
             for layer in action.layers
@@ -328,9 +329,15 @@ def _set_linear(action: Any) -> None:
             for cb in strip.channelbags
             for fc in cb.fcurves
         ]
-    for fc in fcurves:
-        for kp in fc.keyframe_points:
-            kp.interpolation = "LINEAR"
+    return fcurves
+
+
+def set_interpolation(action: Any, interpolation: str, data_path: str | None = None) -> None:
+    """Set the interpolation of every keyframe of `action` (only F-curves of `data_path`, when given)."""
+    for fc in action_fcurves(action):
+        if data_path is None or fc.data_path == data_path:
+            for kp in fc.keyframe_points:
+                kp.interpolation = interpolation
 
 
 def select_frames(
