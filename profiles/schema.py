@@ -159,20 +159,41 @@ class CurationConfig:
 
 @dataclass
 class EncodeConfig:
-    """Latent encoding (SD2.1 VAE + OpenCLIP ViT-H-14)."""
+    """Latent encoding (SD2.1 VAE + OpenCLIP ViT-H-14); see curation/encoders.py for the pixel rules."""
 
     vae_path: str = ""
-    """Local folder or hub id of the SD2.1 model (the VAE is read from its `vae` subfolder)."""
+    """Local folder (or a hub id already in the HF cache) of the SD2.1 model; the VAE is its `vae` subfolder."""
     vae_subfolder: str = "vae"
     clip_model: str = "ViT-H-14"
     clip_pretrained: str = ""
-    """Path to the open_clip checkpoint (laion2b_s32b_b79k weights); empty: an error unless tiny."""
+    """Local open_clip checkpoint file (laion2b_s32b_b79k weights); empty: an error unless tiny."""
+    clip_model_config: str = ""
+    """Optional open_clip model-config json registered before creating `clip_model` (not for ViT-H-14)."""
     tiny: bool = False
     """Use tiny randomly initialized encoders, saved to disk first and loaded through the same path."""
+    tiny_dir: str = ""
+    """Where tiny weights are saved (empty: <out_dir>/encoders/tiny)."""
     batch_size: int = 16
+    """Images per encoder call."""
     num_actors: int = 1
+    """Encoder actors (one GPU each when GPUs exist, else `cpus_per_actor` CPUs each)."""
+    cpus_per_actor: float = 1.0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Compute dtype on GPU (CPU always runs float32). Stored arrays are float16 regardless."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: GPU actors when the Ray cluster has GPUs, else CPU actors."""
+    channels_last: bool = False
+    """channels_last memory format for the VAE (faster convolutions on GPU)."""
+    compile: bool = False
+    """torch.compile the encoders inside each GPU actor (ignored on CPU)."""
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("encode.batch_size must be at least 1")
+        if self.num_actors < 1:
+            raise ValueError("encode.num_actors must be at least 1")
+        if self.cpus_per_actor <= 0:
+            raise ValueError("encode.cpus_per_actor must be positive")
 
 
 @dataclass
