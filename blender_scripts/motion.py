@@ -286,3 +286,31 @@ def motion_metrics(
         "scale_ratio": scale_ratio,
         "max_offset": float(np.linalg.norm(offsets, axis=1).max() / size),
     }
+
+
+def analyze_clip(
+    positions: np.ndarray,
+    bbox_min: np.ndarray,
+    bbox_max: np.ndarray,
+    enabled: bool = True,
+    static_quantile: float = 0.2,
+    box_fraction: float = 0.3,
+    anchor: str = "pivot",
+) -> dict:
+    """The whole curation measurement of one clip (the contents of the analysis pass's analysis.npz).
+
+    positions (F, P, 3), bbox_min/bbox_max (F, 3). enabled=False skips the correction (offsets are zero).
+    Returns {"offsets": (F, 3) float64 array (subtract from the whole object at frame t),
+    "metrics": `motion_metrics` dict (measured after the correction), "diagnostics": dict}.
+    """
+    positions = _check_positions(positions)
+    if enabled:
+        res = disentangle_motion(positions, static_quantile, box_fraction, anchor)
+        offsets, diagnostics = res.offsets, res.diagnostics
+    else:
+        offsets, diagnostics = np.zeros((positions.shape[0], 3)), {"disabled": True}
+    return {
+        "offsets": offsets,
+        "metrics": motion_metrics(positions, offsets, bbox_min, bbox_max),
+        "diagnostics": diagnostics,
+    }

@@ -170,3 +170,15 @@ def test_analysis_sized_input_is_fast():
     start = time.perf_counter()
     disentangle_motion(positions)
     assert time.perf_counter() - start < 5.0
+
+
+def test_analyze_clip_enabled_and_disabled():
+    from blender_scripts.motion import analyze_clip
+
+    positions, true_drift = walker()
+    bmin, bmax = positions.min(1), positions.max(1)
+    on = analyze_clip(positions, bmin, bmax)
+    off = analyze_clip(positions, bmin, bmax, enabled=False)
+    assert np.abs(on["offsets"] - true_drift).max() < 1e-6
+    assert np.all(off["offsets"] == 0)
+    assert on["metrics"]["motion"] < off["metrics"]["motion"]
