@@ -1,0 +1,511 @@
+"""Latent stage: render shards -> shards of VAE latents and CLIP embeddings, on Ray Data.
+
+    python -m curation.encode_latents --profile demo [--set encode.batch_size=8] [--shard 0 --shard 3]
+
+Reads ``<out>/renders/shard-{N:06d}.tar`` and writes ``<out>/latents/shard-{N:06d}.tar`` (one latent shard
+per render shard, same sample keys, schema in `shards.latent_schema`) and
+``<out>/manifests/latents-{N:06d}.parquet`` (one row per sample: uid, status encoded | failed, reason, detail,
+num_images).
+
+Pipeline (one Ray Data dataset over all pending shards, order preserved):
+  shard paths --flat_map(index the tar: one row per image of each valid sample, holding the PNG's byte range)
+  --map_batches(read + decode PNGs; CPU tasks) --map_batches(Encoders; actor pool, 1 GPU or N CPUs each)
+  --> the driver regroups the rows per sample and writes the samples of each shard in shard order.
+A sample whose metadata/cameras break the render contract or one of whose PNGs does not decode is logged,
+skipped and counted in the manifest; the others are written. A latent shard appears under its final name only
+once complete (temp file + rename), so a re-run skips finished shards and redoes interrupted ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curation.encoders import EncoderSpec, check_weights, describe_encoders, resolve_spec
+from shards.latent_schema import LatentSample, encode_latent_sample
+from shards.render_schema import SchemaError, decode_render_sample, image_field, png_load
+from shards.writer import ShardWriter, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+SMALL_SUFFIXES = (".npy", ".json")
+
+
+def render_shard_path(out_dir: str | Path, n: int) -> Path:
+    return Path(out_dir) / "renders" / f"shard-{n:06d}.tar"
+
+
+def latent_shard_path(out_dir: str | Path, n: int) -> Path:
+    return Path(out_dir) / "latents" / f"shard-{n:06d}.tar"
+
+
+def manifest_path(out_dir: str | Path, n: int) -> Path:
+    return Path(out_dir) / "manifests" / f"latents-{n:06d}.parquet"
+
+
+def shard_number(path: Path) -> int:
+    stem = path.name.removesuffix(".tar")
+    if not stem.startswith("shard-") or not stem[6:].isdigit():
+        raise ValueError(f"{path.name}: not a shard-NNNNNN.tar name")
+    return int(stem[6:])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Indexing a render shard (driver and Ray tasks run the same function, so they agree on every image row)
+
+
+@dataclass
+class PlannedSample:
+    """A render sample that passed the metadata/camera checks; images are byte ranges into the tar."""
+
+    key: str
+    meta: dict[str, Any]
+    c2w: dict[str, np.ndarray]
+    angles: dict[str, np.ndarray]
+    intrinsics: np.ndarray
+    images: list[tuple[str, int, int, int, int]]
+    """(orbit, view, frame, offset, size) in (orbit, view, frame) order."""
+
+
+@dataclass
+class ShardIndex:
+    number: int
+    path: Path
+    samples: list[PlannedSample] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _scan_members(path: Path) -> tuple[dict[str, dict[str, tuple[int, int]]], str | None]:
+    """key -> field -> (offset, size) from the tar headers (no image data read); plus an error, if any."""
+    members: dict[str, dict[str, tuple[int, int]]] = {}
+    last = None
+    error = None
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                base = m.name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    raise SchemaError(f"tar member {m.name!r} has no field extension")
+                key, ext = base.split(".", 1)
+                if key != last and key in members:
+                    raise SchemaError(f"sample {key!r} is split or duplicated")
+                last = key
+                members.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    except (tarfile.TarError, EOFError, OSError, SchemaError) as exc:
+        error = f"{path.name}: unreadable tar after {len(members)} samples ({exc})"
+        if last is not None:
+            members.pop(last, None)  # the sample being read when the damage hit is incomplete
+    return members, error
+
+
+def index_render_shard(path: str | Path) -> ShardIndex:
+    """Check each sample's metadata and cameras (not the PNG bytes) and list its images' byte ranges."""
+    path = Path(path)
+    index = ShardIndex(number=shard_number(path), path=path)
+    members, error = _scan_members(path)
+    if error:
+        log.error(error)
+        index.failures.append({"uid": "", "reason": "unreadable_tar", "detail": error, "num_images": 0})
+    with open(path, "rb") as fh:
+        for key, fields in members.items():
+            raw: dict[str, Any] = {"__key__": key}
+            try:
+                for name, (offset, size) in fields.items():
+                    if name.endswith(SMALL_SUFFIXES):
+                        fh.seek(offset)
+                        raw[name] = fh.read(size)
+                        if len(raw[name]) != size:
+                            raise SchemaError(f"{name}: truncated ({len(raw[name])} of {size} bytes)")
+                    else:
+                        raw[name] = b""  # PNG content is checked where it is decoded
+                sample = decode_render_sample(raw, decode_images=False)
+                res = int(sample.meta["resolution"])
+                if res % 8:
+                    raise SchemaError(
+                        f"meta.json: resolution {res} is not a multiple of 8 (VAE downsampling)"
+                    )
+                V, F = int(sample.meta["num_views"]), int(sample.meta["num_frames"])
+                images = [
+                    (orbit, v, f, *fields[image_field(orbit, v, f)])
+                    for orbit in sample.meta["orbits"]
+                    for v in range(V)
+                    for f in range(F)
+                ]
+            except SchemaError as exc:
+                log.warning("%s: skipping sample %s: %s", path.name, key, exc)
+                index.failures.append({"uid": key, "reason": "schema", "detail": str(exc), "num_images": 0})
+                continue
+            index.samples.append(
+                PlannedSample(key, sample.meta, sample.c2w, sample.angles, sample.intrinsics, images)
+            )
+    return index
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ray Data stages (module-level so that workers can import them)
+
+
+def image_rows(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """flat_map: one render shard -> one row per image of its valid samples."""
+    index = index_render_shard(item["path"])
+    for s in index.samples:
+        res = int(s.meta["resolution"])
+        for orbit, v, f, offset, size in s.images:
+            yield {
+                "shard": index.number,
+                "key": s.key,
+                "orbit": orbit,
+                "view": v,
+                "frame": f,
+                "path": str(index.path),
+                "offset": offset,
+                "size": size,
+                "res": res,
+            }
+
+
+def decode_pngs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """map_batches (CPU tasks): read each PNG's bytes and decode to RGBA; a failure fills `error`."""
+    n = len(batch["key"])
+    rgba = np.empty(n, dtype=object)
+    errors = np.empty(n, dtype=object)
+    handles: dict[str, int] = {}
+    try:
+        for i in range(n):
+            name = image_field(str(batch["orbit"][i]), int(batch["view"][i]), int(batch["frame"][i]))
+            res = int(batch["res"][i])
+            try:
+                path = str(batch["path"][i])
+                if path not in handles:
+                    handles[path] = os.open(path, os.O_RDONLY)
+                data = os.pread(handles[path], int(batch["size"][i]), int(batch["offset"][i]))
+                img = png_load(data, name)
+                if img.shape != (res, res, 4):
+                    raise SchemaError(f"{name}: shape {img.shape}, expected {(res, res, 4)}")
+                rgba[i], errors[i] = img.tobytes(), ""
+            except (SchemaError, OSError) as exc:
+                rgba[i], errors[i] = b"", str(exc)
+    finally:
+        for fd in handles.values():
+            os.close(fd)
+    out = {k: v for k, v in batch.items() if k not in ("path", "offset", "size")}
+    out["rgba"] = rgba
+    out["error"] = errors
+    return out
+
+
+class EncodeActor:
+    """map_batches callable class: holds the loaded encoders; rows with an error pass through unencoded."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from curation.encoders import Encoders
+
+        logging.basicConfig(level=logging.INFO)
+        self.encoders = Encoders(EncoderSpec(**spec))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["key"])
+        cols = {name: np.full(n, b"", dtype=object) for name in ("mean", "std", "clip")}
+        errors = batch["error"].copy()
+        ok = [i for i in range(n) if not errors[i]]
+        for res in sorted({int(batch["res"][i]) for i in ok}):
+            idx = [i for i in ok if int(batch["res"][i]) == res]
+            rgba = np.stack([np.frombuffer(batch["rgba"][i], np.uint8).reshape(res, res, 4) for i in idx])
+            enc = self.encoders.encode(rgba)
+            for j, i in enumerate(idx):
+                cols["mean"][i] = enc.mean[j].astype(np.float16).tobytes()
+                cols["std"][i] = enc.std[j].astype(np.float16).tobytes()
+                cols["clip"][i] = enc.clip[j].astype(np.float16).tobytes()
+        out = {k: v for k, v in batch.items() if k != "rgba"}
+        out.update(cols)
+        out["error"] = errors
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Driver: regroup rows per sample, write shards in order
+
+
+class _ShardState:
+    """Collects the encoded rows of one shard and writes its samples in shard order as they complete."""
+
+    def __init__(self, index: ShardIndex, out_dir: Path, encoder: dict[str, Any]) -> None:
+        self.index = index
+        self.out_path = latent_shard_path(out_dir, index.number)
+        self.manifest = manifest_path(out_dir, index.number)
+        self.encoder = encoder
+        self.expected = {s.key: len(s.images) for s in index.samples}
+        self.rows: dict[str, list[dict[str, Any]]] = {s.key: [] for s in index.samples}
+        self.cursor = 0
+        self.writer: ShardWriter | None = None
+        self.records: list[dict[str, Any]] = [dict(r, status="failed") for r in index.failures]
+        self.started = time.monotonic()
+
+    def add(self, row: dict[str, Any]) -> None:
+        key = row["key"]
+        if key not in self.rows:
+            raise RuntimeError(f"shard {self.index.number}: row for unplanned sample {key!r}")
+        self.rows[key].append(row)
+        self._flush()
+
+    @property
+    def done(self) -> bool:
+        return self.cursor == len(self.index.samples)
+
+    def _flush(self) -> None:
+        while not self.done:
+            s = self.index.samples[self.cursor]
+            if len(self.rows[s.key]) < self.expected[s.key]:
+                return
+            self._write(s, self.rows.pop(s.key))
+            self.cursor += 1
+
+    def _write(self, s: PlannedSample, rows: list[dict[str, Any]]) -> None:
+        bad = [r["error"] for r in rows if r["error"]]
+        if bad:
+            log.warning("%s: skipping sample %s: %s", self.index.path.name, s.key, bad[0])
+            self.records.append(
+                {"uid": s.key, "status": "failed", "reason": "bad_image", "detail": bad[0], "num_images": 0}
+            )
+            return
+        V, F, R = int(s.meta["num_views"]), int(s.meta["num_frames"]), int(s.meta["resolution"])
+        C, D, h = int(self.encoder["latent_channels"]), int(self.encoder["clip_dim"]), R // 8
+        arrays: dict[str, dict[str, np.ndarray]] = {"mean": {}, "std": {}, "clip": {}}
+        for orbit in s.meta["orbits"]:
+            arrays["mean"][orbit] = np.empty((V, F, C, h, h), np.float16)
+            arrays["std"][orbit] = np.empty((V, F, C, h, h), np.float16)
+            arrays["clip"][orbit] = np.empty((V, F, D), np.float16)
+        for r in rows:
+            o, v, f = r["orbit"], int(r["view"]), int(r["frame"])
+            arrays["mean"][o][v, f] = np.frombuffer(r["mean"], np.float16).reshape(C, h, h)
+            arrays["std"][o][v, f] = np.frombuffer(r["std"], np.float16).reshape(C, h, h)
+            arrays["clip"][o][v, f] = np.frombuffer(r["clip"], np.float16).reshape(D)
+        meta = dict(s.meta, encoder=self.encoder)
+        sample = LatentSample(
+            key=s.key,
+            mean=arrays["mean"],
+            std=arrays["std"],
+            clip=arrays["clip"],
+            c2w=s.c2w,
+            angles=s.angles,
+            intrinsics=s.intrinsics,
+            meta=meta,
+        )
+        try:
+            raw = encode_latent_sample(sample)
+        except SchemaError as exc:  # e.g. NaN latents from a broken encoder: keep it out of the shard
+            log.warning("%s: skipping sample %s: %s", self.index.path.name, s.key, exc)
+            self.records.append(
+                {
+                    "uid": s.key,
+                    "status": "failed",
+                    "reason": "bad_latents",
+                    "detail": str(exc),
+                    "num_images": 0,
+                }
+            )
+            return
+        if self.writer is None:
+            self.writer = ShardWriter(self.out_path)
+        self.writer.write(raw)
+        self.records.append(
+            {"uid": s.key, "status": "encoded", "reason": "", "detail": "", "num_images": len(rows)}
+        )
+
+    def finish(self) -> dict[str, Any]:
+        """Write the manifest, then the shard (rename): a shard that exists is complete."""
+        for s in self.index.samples[self.cursor :]:  # rows that never came (should not happen)
+            self.records.append(
+                {"uid": s.key, "status": "failed", "reason": "missing_rows", "detail": "", "num_images": 0}
+            )
+        self.cursor = len(self.index.samples)
+        write_manifest(self.manifest, self.records, self.index.number)
+        if self.writer is None:
+            self.writer = ShardWriter(self.out_path)  # an empty shard still marks the shard as done
+        self.writer.close()
+        encoded = sum(r["status"] == "encoded" for r in self.records)
+        summary = {
+            "shard": self.index.number,
+            "encoded": encoded,
+            "failed": len(self.records) - encoded,
+            "seconds": round(time.monotonic() - self.started, 2),
+        }
+        log.info("latent shard %s: %s", self.out_path.name, summary)
+        return summary
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def write_manifest(path: Path, records: list[dict[str, Any]], shard: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "shard": pa.array([shard] * len(records), pa.int32()),
+            "uid": pa.array([r["uid"] for r in records], pa.string()),
+            "status": pa.array([r["status"] for r in records], pa.string()),
+            "reason": pa.array([r["reason"] for r in records], pa.string()),
+            "detail": pa.array([r["detail"] for r in records], pa.string()),
+            "num_images": pa.array([r["num_images"] for r in records], pa.int32()),
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def pending_shards(out_dir: str | Path, shards: Sequence[int] | None = None) -> tuple[list[Path], list[Path]]:
+    """(render shards to encode, render shards already encoded), in shard order."""
+    renders = sorted((Path(out_dir) / "renders").glob("shard-*.tar"))
+    if shards:
+        wanted = set(shards)
+        renders = [p for p in renders if shard_number(p) in wanted]
+        missing = wanted - {shard_number(p) for p in renders}
+        if missing:
+            raise ValueError(f"no render shard(s) {sorted(missing)} under {Path(out_dir) / 'renders'}")
+    todo = [p for p in renders if not latent_shard_path(out_dir, shard_number(p)).exists()]
+    done = [p for p in renders if latent_shard_path(out_dir, shard_number(p)).exists()]
+    return todo, done
+
+
+def _init_ray(num_cpus: int | None = None) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _device(requested: str) -> str:
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if requested == "cuda" and gpus < 1:
+        raise ValueError("encode.device is 'cuda' but the Ray cluster has no GPU")
+    return "cuda" if requested == "cuda" or (requested == "auto" and gpus >= 1) else "cpu"
+
+
+def encode_latents(
+    cfg: Any, shards: Sequence[int] | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Encode every pending render shard of ``cfg.out_dir``; returns one summary dict per shard written."""
+    import ray.data
+    from tqdm import tqdm
+
+    out_dir = Path(cfg.out_dir)
+    enc_cfg = cfg.encode
+    todo, done = pending_shards(out_dir, shards)
+    for p in done:
+        log.info("skipping %s: latent shard already complete", p.name)
+    if not todo:
+        log.info("nothing to encode under %s", out_dir / "renders")
+        return []
+    _init_ray()
+    device = _device(enc_cfg.device)
+    spec = resolve_spec(enc_cfg, out_dir, device)
+    check_weights(spec)  # fail here, not in an actor, when weights are missing
+    encoder_meta = describe_encoders(spec)
+    log.info("encoding %d render shard(s) on %s (%s)", len(todo), device, spec.dtype)
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    actor_resources = {"num_gpus": 1} if device == "cuda" else {"num_cpus": enc_cfg.cpus_per_actor}
+    ds = (
+        ray.data.from_items([{"path": str(p)} for p in todo], override_num_blocks=len(todo))
+        .flat_map(image_rows)
+        .map_batches(decode_pngs, batch_size=enc_cfg.batch_size, num_cpus=1)
+        .map_batches(
+            EncodeActor,
+            fn_constructor_kwargs={"spec": spec.to_dict()},
+            batch_size=enc_cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=enc_cfg.num_actors),
+            **actor_resources,
+        )
+    )
+
+    states: dict[int, _ShardState] = {}
+    order = [shard_number(p) for p in todo]
+    next_to_index = 0
+    summaries: list[dict[str, Any]] = []
+    bar = tqdm(unit="img", desc="encode", disable=not progress, file=sys.stderr)
+
+    def index_through(n: int) -> None:
+        nonlocal next_to_index
+        while next_to_index < len(order) and order[next_to_index] <= n:
+            state = _ShardState(index_render_shard(todo[next_to_index]), out_dir, encoder_meta)
+            if state.done:  # no valid sample: nothing will arrive for it
+                summaries.append(state.finish())
+            else:
+                states[order[next_to_index]] = state
+            next_to_index += 1
+
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            nrows = len(batch["key"])
+            for i in range(nrows):
+                row = {k: batch[k][i] for k in batch}
+                n = int(row["shard"])
+                index_through(n)
+                state = states[n]
+                state.add(row)
+                if state.done:
+                    summaries.append(states.pop(n).finish())
+            bar.update(nrows)
+        index_through(order[-1])
+        for num in sorted(states):
+            summaries.append(states.pop(num).finish())
+    except BaseException:
+        for state in states.values():
+            state.abort()
+        raise
+    finally:
+        bar.close()
+    summaries.sort(key=lambda s: s["shard"])
+    return summaries
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from profiles.load import add_profile_args, profile_from_args
+
+    parser = argparse.ArgumentParser(
+        prog="python -m curation.encode_latents",
+        description=(
+            "Encode render shards (<out>/renders/shard-N.tar) into latent shards "
+            "(<out>/latents/shard-N.tar): "
+            "SD2.1-VAE posterior mean/std and OpenCLIP ViT-H-14 embeddings per image, on Ray Data. Finished "
+            "shards are skipped; bad samples are skipped and listed in <out>/manifests/latents-N.parquet. "
+            "Weights: --set encode.vae_path=... --set encode.clip_pretrained=..., or encode.tiny=true."
+        ),
+    )
+    add_profile_args(parser)
+    parser.add_argument(
+        "--shard", type=int, action="append", default=None, help="encode only render shard N (repeatable)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = profile_from_args(args)
+    summaries = encode_latents(cfg, args.shard, progress=not args.no_progress)
+    print(json.dumps({"shards": summaries}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
