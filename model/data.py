@@ -1,0 +1,408 @@
+"""Training examples from latent shards (`shards.latent_schema`): views, frames, cameras, noise.
+
+An example of stage `4d` (paper supplement 7.2): from one object's V_total x F_total latent matrix of one
+orbit, draw an *input view* and V distinct *target views*, and a window of F frames. The input view's
+frames are the monocular input video: its latents (VAE mean, unscaled, as the release's
+`VideoPredictionEmbedderWithEncoder` uses the posterior mode without the 0.18215 scale) are the
+concatenated conditioning, and its CLIP embeddings the cross-attention context of each frame. The targets
+are sampled from the stored posterior, ``z = (mean + std * eps) * vae_scaling_factor``. Cameras are made
+relative to the input view like the release (`model.embeddings.relative_polar_azimuth`: the input view
+sits at polar 90 deg, azimuth 0). Reference multi-views are the targets' unscaled mean latents at the
+window's first frame.
+
+Frames: a window ``start + s * (0..F-1)`` with a stride s drawn in [1, max_frame_stride] (clamped so the
+window fits), so that frame-index embeddings keep a regular time step. The 3D stage uses F = 1: one frame
+of each object (any frame of a 4D render, or the only frame of a static-mode render); its frame attention
+is bypassed, so there is nothing for replicated frames to learn.
+
+Determinism and exact resume: in the `indexed` mode the dataset is an index of (shard, member offsets)
+and example number g is a pure function of (seed, g): the object is drawn with replacement (resampling),
+then views, frames, latent noise and the EDM noise come from generators seeded by (seed, g). The trainer
+assigns g = (micro_step * world_size + rank) * batch_size + i, so the examples of a step do not depend on
+the number of processes or workers, and resuming at step s reproduces the data of an uninterrupted run
+bit for bit. Trade-off: the index (a few hundred bytes per object) must fit in memory and reads are random
+access into the tars (fine on local disk or a parallel file system; object stores want streaming). The
+`streaming` mode is a WebDataset pipeline (resampled shards, split by node and worker, shuffle buffer) for
+datasets whose index does not fit or that live behind HTTP; it resumes only approximately (the stream is
+reseeded from (seed, step, rank), so no example is replayed in order, but the exact sequence differs).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import re
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.edm import bernoulli, sample_cond_aug, sample_lognormal
+from model.embeddings import relative_polar_azimuth
+from shards.latent_schema import LatentSample, decode_latent_sample, sample_latents
+from shards.render_schema import SchemaError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExampleSpec:
+    """What one training example holds and how its noise is drawn (from `TrainConfig` + `StageConfig`)."""
+
+    num_views: int = 4
+    num_frames: int = 12
+    orbits: tuple[str, ...] = ("static", "dynamic")
+    max_frame_stride: int = 2
+    p_mean: float = 1.0
+    p_std: float = 1.6
+    cond_aug: str = "lognormal"
+    cond_aug_p_mean: float = -3.0
+    cond_aug_p_std: float = 0.5
+    cond_aug_low: float = 0.0
+    cond_aug_high: float = 0.1
+    cond_drop_prob: float = 0.1
+    ref_mask_prob: float = 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Selection math (pure numpy)
+
+
+def draw_views(num_total: int, num_views: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """(input view, (V,) distinct target views), all distinct and in [0, num_total)."""
+    if num_views + 1 > num_total:
+        raise ValueError(f"need {num_views} target views plus an input view, the object has {num_total}")
+    views = rng.choice(num_total, size=num_views + 1, replace=False)
+    return int(views[0]), np.sort(views[1:])
+
+
+def draw_frames(num_total: int, num_frames: int, max_stride: int, rng: np.random.Generator) -> np.ndarray:
+    """(F,) increasing frame indices: start + s * arange(F), the window inside [0, num_total)."""
+    if num_frames > num_total:
+        raise ValueError(f"num_frames {num_frames} exceeds the {num_total} frames of the object")
+    if num_frames == 1:
+        return np.array([rng.integers(num_total)])
+    s_max = max(1, min(max_stride, (num_total - 1) // (num_frames - 1)))
+    stride = int(rng.integers(1, s_max + 1))
+    start = int(rng.integers(0, num_total - (num_frames - 1) * stride))
+    return start + stride * np.arange(num_frames)
+
+
+def relative_cameras(
+    angles: np.ndarray, input_view: int, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(polar_rad, azimuth_rad), each (V,) float32, of `targets` relative to `input_view`.
+
+    angles: (V_total, 3) [elevation_deg, azimuth_deg, radius] of the render schema.
+    """
+    el = torch.from_numpy(np.deg2rad(angles[:, 0].astype(np.float64)).astype(np.float32))
+    az = torch.from_numpy(np.deg2rad(angles[:, 1].astype(np.float64)).astype(np.float32))
+    polar, azim = relative_polar_azimuth(el[targets], az[targets], el[input_view], az[input_view])
+    return polar.numpy(), azim.numpy()
+
+
+def build_example(
+    sample: LatentSample, spec: ExampleSpec, rng: np.random.Generator
+) -> dict[str, np.ndarray | str]:
+    """One example (numpy, float32) from a decoded latent sample.
+
+    Returns: latents (F, V, C, h, w) scaled targets; cond_latents (F, C, h, w) unscaled input-view means;
+    clip (F, D); polar, azimuth (V,) radians; ref_latents (V, C, h, w) unscaled; views (V,), input_view,
+    frames (F,) int64; key, orbit.
+    """
+    orbits = [o for o in spec.orbits if o in sample.mean]
+    if not orbits:
+        raise ValueError(f"sample {sample.key}: none of the orbits {list(spec.orbits)} (has {sample.orbits})")
+    orbit = orbits[int(rng.integers(len(orbits)))]
+    mean, std = sample.mean[orbit], sample.std[orbit]
+    v_total, f_total = mean.shape[:2]
+    inp, views = draw_views(v_total, spec.num_views, rng)
+    frames = draw_frames(f_total, spec.num_frames, spec.max_frame_stride, rng)
+    tgt = sample_latents(
+        mean[views][:, frames], std[views][:, frames], sample.scaling_factor, rng
+    )  # (V, F, C, h, w)
+    polar, azim = relative_cameras(sample.angles[orbit], inp, views)
+    return {
+        "latents": np.ascontiguousarray(tgt.transpose(1, 0, 2, 3, 4)),
+        "cond_latents": mean[inp, frames].astype(np.float32),
+        "clip": sample.clip[orbit][inp, frames].astype(np.float32),
+        "polar": polar,
+        "azimuth": azim,
+        "ref_latents": mean[views, frames[0]].astype(np.float32),
+        "views": views.astype(np.int64),
+        "input_view": np.int64(inp),
+        "frames": frames.astype(np.int64),
+        "key": sample.key,
+        "orbit": orbit,
+    }
+
+
+def draw_noise(
+    latent_shape: tuple[int, ...], cond_shape: tuple[int, ...], spec: ExampleSpec, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """The EDM randomness of one example: sigma, noise, cond_aug, cond_noise, drop_cond, ref_drop."""
+    return {
+        "sigma": sample_lognormal(1, spec.p_mean, spec.p_std, gen)[0],
+        "noise": torch.randn(latent_shape, generator=gen),
+        "cond_aug": sample_cond_aug(
+            1,
+            spec.cond_aug,
+            spec.cond_aug_p_mean,
+            spec.cond_aug_p_std,
+            spec.cond_aug_low,
+            spec.cond_aug_high,
+            gen,
+        )[0],
+        "cond_noise": torch.randn(cond_shape, generator=gen),
+        "drop_cond": bernoulli(1, spec.cond_drop_prob, gen)[0],
+        "ref_drop": bernoulli(1, spec.ref_mask_prob, gen)[0],
+    }
+
+
+def to_tensors(example: dict[str, Any], noise: dict[str, torch.Tensor]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in example.items():
+        out[k] = torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray | np.integer) else v
+    out.update(noise)
+    return out
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors along a new batch dim; strings become lists."""
+    out: dict[str, Any] = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else list(vals)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shard discovery and the random-access index
+
+
+def expand_urls(patterns: Sequence[str], root: str | Path = ".") -> list[str]:
+    """Shard paths from paths, globs and brace ranges ({000000..000009}), relative to `root`; sorted."""
+    urls: list[str] = []
+    for pat in patterns:
+        pat = str(Path(root) / Path(pat).expanduser()) if not Path(pat).expanduser().is_absolute() else pat
+        m = re.search(r"\{(\d+)\.\.(\d+)\}", pat)
+        if m:
+            lo, hi, width = int(m.group(1)), int(m.group(2)), len(m.group(1))
+            cands = [pat[: m.start()] + f"{i:0{width}d}" + pat[m.end() :] for i in range(lo, hi + 1)]
+        else:
+            cands = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else [pat]
+        urls.extend(c for c in cands if not c.endswith(".partial"))
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise FileNotFoundError(f"latent shards not found: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    if not urls:
+        raise FileNotFoundError(f"no latent shards match {list(patterns)} (under {root})")
+    return sorted(dict.fromkeys(urls))
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """Where one sample's members lie in its tar: field -> (data offset, size)."""
+
+    path: str
+    key: str
+    members: tuple[tuple[str, int, int], ...]
+
+
+def index_shards(urls: Sequence[str]) -> list[IndexEntry]:
+    """Scan tar headers (no data is read) and list every sample with its member offsets."""
+    entries: list[IndexEntry] = []
+    for url in urls:
+        current: dict[str, tuple[int, int]] = {}
+        key: str | None = None
+        with tarfile.open(url, mode="r:") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                base = m.name.rsplit("/", 1)[-1]
+                k, _, ext = base.partition(".")
+                if key is not None and k != key:
+                    entries.append(IndexEntry(url, key, tuple((f, *v) for f, v in current.items())))
+                    current = {}
+                key = k
+                current[ext] = (m.offset_data, m.size)
+        if key is not None:
+            entries.append(IndexEntry(url, key, tuple((f, *v) for f, v in current.items())))
+    return entries
+
+
+def read_entry(entry: IndexEntry) -> dict[str, Any]:
+    """The raw sample (field -> bytes) of an index entry, by seeking into its tar."""
+    raw: dict[str, Any] = {"__key__": entry.key, "__url__": entry.path}
+    with open(entry.path, "rb") as fh:
+        for name, offset, size in entry.members:
+            fh.seek(offset)
+            raw[name] = fh.read(size)
+    return raw
+
+
+def example_generators(seed: int, index: int) -> tuple[np.random.Generator, torch.Generator]:
+    """Independent numpy and torch generators of example number `index` (a pure function of both)."""
+    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, index & 0xFFFFFFFF, index >> 32])
+    np_seed, torch_seed = ss.spawn(2)
+    gen = torch.Generator().manual_seed(int(torch_seed.generate_state(1, np.uint64)[0]) & ((1 << 63) - 1))
+    return np.random.default_rng(np_seed), gen
+
+
+class IndexedLatentDataset(torch.utils.data.Dataset):
+    """Example g = f(seed, g): an object drawn with replacement, then its views/frames/noise (see module doc).
+
+    `__len__` is nominal (2^62): the sampler, not the dataset, decides which g are drawn.
+    """
+
+    def __init__(self, urls: Sequence[str], spec: ExampleSpec, seed: int = 0, cache_size: int = 0) -> None:
+        self.entries = index_shards(urls)
+        if not self.entries:
+            raise ValueError(f"no samples in {len(urls)} latent shards")
+        self.spec = spec
+        self.seed = seed
+        self.cache_size = cache_size
+        self._cache: dict[int, LatentSample] = {}
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def load(self, i: int) -> LatentSample:
+        if i in self._cache:
+            return self._cache[i]
+        sample = decode_latent_sample(read_entry(self.entries[i]))
+        if len(self._cache) < self.cache_size:
+            self._cache[i] = sample
+        return sample
+
+    def __getitem__(self, g: int) -> dict[str, Any]:
+        rng, gen = example_generators(self.seed, int(g))
+        obj = int(rng.integers(len(self.entries)))
+        ex = build_example(self.load(obj), self.spec, rng)
+        noise = draw_noise(ex["latents"].shape, ex["cond_latents"].shape, self.spec, gen)
+        out = to_tensors(ex, noise)
+        out["index"] = torch.tensor(int(g))
+        return out
+
+
+class StepSampler(torch.utils.data.Sampler[int]):
+    """Infinite example numbers of one rank from micro-step `start`: for micro-step k the global batch is
+    g in [k * world * batch, (k + 1) * world * batch), of which this rank takes its contiguous slice."""
+
+    def __init__(self, batch_size: int, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.batch_size, self.rank, self.world_size, self.start = batch_size, rank, world_size, start
+
+    def __iter__(self) -> Iterator[int]:
+        k = self.start
+        while True:
+            base = (k * self.world_size + self.rank) * self.batch_size
+            yield from range(base, base + self.batch_size)
+            k += 1
+
+    def __len__(self) -> int:  # pragma: no cover - infinite
+        return 1 << 62
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming WebDataset path
+
+
+def streaming_dataset(
+    urls: Sequence[str], spec: ExampleSpec, seed: int, resume_token: int = 0, shuffle_buffer: int = 64
+) -> Any:
+    """A WebDataset pipeline of examples: resampled shards (infinite), split by node and worker, shuffled.
+
+    With resampled shards every node/worker draws shards independently from its own seed, so
+    `split_by_node`/`split_by_worker` matter only for the finite (non-resampled) fallback of a single
+    shard list; both are kept so that the same pipeline serves evaluation passes. `resume_token`
+    (the step) reseeds the stream on resume. Imports webdataset lazily (absent on the GPU machine).
+    """
+    import webdataset as wds
+
+    base_seed = (seed * 1_000_003 + resume_token) & 0x7FFFFFFF
+
+    def make(sample_iter: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        winfo = torch.utils.data.get_worker_info()
+        wid = winfo.id if winfo is not None else 0
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        count = 0
+        for raw in sample_iter:
+            try:
+                sample = decode_latent_sample({k: v for k, v in raw.items() if k != "__url__"})
+            except SchemaError as exc:
+                log.warning("skipping bad latent sample %s: %s", raw.get("__key__"), exc)
+                continue
+            rng, gen = example_generators(base_seed, (rank << 40) + (wid << 32) + count)
+            count += 1
+            ex = build_example(sample, spec, rng)
+            noise = draw_noise(ex["latents"].shape, ex["cond_latents"].shape, spec, gen)
+            yield to_tensors(ex, noise)
+
+    return wds.DataPipeline(
+        wds.ResampledShards(list(urls), seed=base_seed, deterministic=True),
+        wds.split_by_node,
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.shuffle(shuffle_buffer, rng=np.random.default_rng(base_seed))
+        if shuffle_buffer > 1
+        else (lambda s: s),
+        make,
+    )
+
+
+def make_loader(
+    urls: Sequence[str],
+    spec: ExampleSpec,
+    *,
+    seed: int,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_micro_step: int = 0,
+    mode: str = "indexed",
+    num_workers: int = 0,
+    shuffle_buffer: int = 64,
+) -> torch.utils.data.DataLoader:
+    """An infinite DataLoader of collated example batches for one rank."""
+    if mode == "indexed":
+        ds = IndexedLatentDataset(urls, spec, seed, cache_size=256 if num_workers == 0 else 0)
+        sampler = StepSampler(batch_size, rank, world_size, start_micro_step)
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate,
+            persistent_workers=num_workers > 0,
+        )
+    if mode == "streaming":
+        ds = streaming_dataset(urls, spec, seed, start_micro_step, shuffle_buffer)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
+        )
+    raise ValueError(f"data mode {mode!r} is not one of indexed, streaming")
+
+
+def spec_from_config(train: Any, stage: Any) -> ExampleSpec:
+    """ExampleSpec from `profiles.schema.TrainConfig` and one of its `StageConfig`s."""
+    return ExampleSpec(
+        num_views=stage.num_views,
+        num_frames=stage.num_frames,
+        orbits=tuple(stage.orbits),
+        max_frame_stride=train.max_frame_stride,
+        p_mean=train.p_mean,
+        p_std=train.p_std,
+        cond_aug=train.cond_aug,
+        cond_aug_p_mean=train.cond_aug_p_mean,
+        cond_aug_p_std=train.cond_aug_p_std,
+        cond_aug_low=train.cond_aug_low,
+        cond_aug_high=train.cond_aug_high,
+        cond_drop_prob=train.cond_drop_prob,
+        ref_mask_prob=stage.ref_mask_prob,
+    )
