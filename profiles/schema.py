@@ -197,6 +197,137 @@ class EncodeConfig:
 
 
 @dataclass
+class ModelSection:
+    """The diffusion network (model/): which named UNet config, its init weights, memory/speed knobs."""
+
+    unet: Literal["tiny", "sv4d2"] = "tiny"
+    """Named UNet config of model/config.py: tiny (CPU tests, demo) or sv4d2 (the official geometry)."""
+    init_checkpoint: str = ""
+    """Weights to start the first stage from: one of our checkpoint folders, or an official sv4d2 /
+    sv3d_p .safetensors (converted by model/convert.py). Empty: random init."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass (saves memory at about 30% more compute)."""
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Autocast dtype on CUDA (weights and optimizer stay float32). CPU runs float32 unless cpu_autocast."""
+    cpu_autocast: bool = False
+    """Use bf16 autocast on the CPU too (slow; only to test the bf16 path)."""
+
+
+@dataclass
+class StageConfig:
+    """One stage of the progressive 3D-to-4D schedule (paper sec. 3.4)."""
+
+    name: Literal["3d", "4d"] = "3d"
+    """3d: static data, frame attention bypassed (alpha_f = 0) and frozen; 4d: frame attention trained."""
+    steps: int = 10
+    """Optimizer steps of this stage."""
+    data: list[str] = field(default_factory=list)
+    """Latent shards: paths, globs or brace patterns (shard-{000000..000009}.tar); relative to out_dir."""
+    lr: float = 1e-4
+    num_views: int = 4
+    """V target views per example (the input view is drawn besides them)."""
+    num_frames: int = 12
+    """F frames per example (1 for the 3d stage: one frame of each object)."""
+    orbits: list[Literal["static", "dynamic"]] = field(default_factory=lambda: ["static", "dynamic"])
+    """Orbits an example may be drawn from (one orbit per example, uniformly among those present)."""
+    ref_mask_prob: float = 0.5
+    """Probability that an example's reference multi-views are masked (zeroed, flagged absent)."""
+    init_from: str = ""
+    """Checkpoint folder (or `latest` of a stage, e.g. `3d`) to start from; empty: model.init_checkpoint for
+    the first stage, the previous stage's final EMA-free weights for later ones."""
+    init_weights: Literal["model", "ema"] = "ema"
+    """Which weights of the init checkpoint start this stage."""
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"stage {self.name}: steps must be >= 0, got {self.steps}")
+        if self.num_views < 1 or self.num_frames < 1:
+            raise ValueError(f"stage {self.name}: num_views and num_frames must be >= 1")
+        if not 0.0 <= self.ref_mask_prob <= 1.0:
+            raise ValueError(f"stage {self.name}: ref_mask_prob must lie in [0, 1], got {self.ref_mask_prob}")
+        if self.lr <= 0:
+            raise ValueError(f"stage {self.name}: lr must be positive, got {self.lr}")
+
+
+@dataclass
+class TrainConfig:
+    """EDM trainer (model/train.py): optimizer, noise schedule, conditioning dropout, data, checkpoints."""
+
+    stages: list[StageConfig] = field(
+        default_factory=lambda: [StageConfig(name="3d", num_frames=1, ref_mask_prob=1.0), StageConfig(name="4d")]
+    )
+    """The progressive schedule, run in order; `--stage` runs one of them."""
+    seed: int = 0
+    batch_size: int = 1
+    """Examples per process per micro-step (global batch = batch_size * grad_accum * world size)."""
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up from 0 (then constant)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0: no clipping)."""
+    ema_decay: float = 0.9999
+    p_mean: float = 1.0
+    """ln(sigma) ~ N(p_mean, p_std^2). 1.0 / 1.6: SVD/SV3D high-resolution finetuning (see model/edm.py)."""
+    p_std: float = 1.6
+    cond_aug: Literal["lognormal", "uniform", "fixed"] = "lognormal"
+    """Noise level of the conditioning latents (also fed to the network's 256-d sigma embedding)."""
+    cond_aug_p_mean: float = -3.0
+    cond_aug_p_std: float = 0.5
+    cond_aug_low: float = 0.0
+    """uniform: lower bound; fixed: the value."""
+    cond_aug_high: float = 0.1
+    cond_drop_prob: float = 0.1
+    """Probability of zeroing the conditioning latents, CLIP embeddings and reference views jointly (CFG)."""
+    max_frame_stride: int = 2
+    """Frames of an example are a window start + s * (0..F-1), s drawn in [1, max_frame_stride] (clamped)."""
+    data_mode: Literal["indexed", "streaming"] = "indexed"
+    """indexed: examples are a function of (seed, step, rank), exact resume; streaming: WebDataset pipeline
+    with resampled shards for datasets whose index does not fit (resume is approximate)."""
+    shuffle_buffer: int = 64
+    """streaming: samples in the shuffle buffer."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    """torch.compile the network (CUDA only)."""
+    log_every: int = 1
+    ckpt_every: int = 1000
+    """Checkpoint every N steps (the last step is always saved)."""
+    keep_checkpoints: int = 2
+    """Keep the newest N step checkpoints of a stage (0: keep all)."""
+    max_bad_steps: int = 5
+    """Abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)."""
+    progress: bool = True
+    """tqdm progress bar on rank 0."""
+
+    def validate(self) -> None:
+        if not self.stages:
+            raise ValueError("train.stages must list at least one stage")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train.stages has duplicate names {names}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("train.batch_size and train.grad_accum must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.cond_drop_prob <= 1.0:
+            raise ValueError(f"train.cond_drop_prob must lie in [0, 1], got {self.cond_drop_prob}")
+        if self.max_frame_stride < 1 or self.max_bad_steps < 1 or self.log_every < 1 or self.ckpt_every < 1:
+            raise ValueError("train.max_frame_stride, max_bad_steps, log_every, ckpt_every must be >= 1")
+        if self.p_std < 0 or self.cond_aug_p_std < 0:
+            raise ValueError("train.p_std and train.cond_aug_p_std must be >= 0")
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ValueError(f"no stage {name!r} in train.stages (stages: {[s.name for s in self.stages]})")
+
+
+@dataclass
 class PipelineConfig:
     """One profile of `pipelines.yaml`."""
 
@@ -206,7 +337,8 @@ class PipelineConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
-    model: dict = field(default_factory=dict)
-    """Network and trainer settings (schema owned by `model/`)."""
-    train: dict = field(default_factory=dict)
+    model: ModelSection = field(default_factory=ModelSection)
+    """The diffusion network (schema owned by `model/`)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The EDM trainer and its 3D-to-4D schedule."""
     fit4d: dict = field(default_factory=dict)
