@@ -29,7 +29,12 @@ class AssetsConfig:
     licenses: list[str] = field(
         default_factory=lambda: ["by", "by-sa", "cc0", "cc-by", "cc-by-sa", "cc-by-4.0", "cc0-1.0", "mit"]
     )
-    """Allow-list of licences (lower case, matched as prefixes of the normalized licence string)."""
+    """Allow-list of licences, compared exactly after `curation.sources.normalize_license` on both sides
+    ("cc-by-4.0" and "CC BY 4.0" are "by"; an allowed "by" does not admit "by-nc")."""
+    local_license: str = "unknown"
+    """Licence of a `local` asset with no sidecar `.license` file and no entry in `licenses.json`."""
+    fetch_timeout_s: float = 60.0
+    """Network timeout of one download (a reachability probe first fails fast when offline)."""
     assets_per_shard: int = 8
     """Shard N renders assets [N * assets_per_shard, (N + 1) * assets_per_shard) of the sorted list."""
     limit: int = 0
@@ -121,6 +126,11 @@ class MotionConfig:
     """Points whose mean temporal displacement is within this quantile form the static region."""
     max_points: int = 20000
     """Vertices subsampled (deterministically) for the analysis."""
+    box_fraction: float = 0.3
+    """Side of the most static box (a cube), relative to the object's largest extent."""
+    anchor: Literal["pivot", "mean"] = "pivot"
+    """mean: the box points' mean offset (the paper's); pivot: the motion of the box's least-moving point
+    (the same when the box only translates; no drift for a body spinning in place)."""
 
 
 @dataclass
@@ -132,9 +142,11 @@ class FilterConfig:
     max_scale_ratio: float = 1.5
     """inconsistent_scale: max over min of the bounding-box extent over time above this."""
     min_clip_frames: int = 2
+    """clip_too_short: the chosen action spans fewer frames than this (4d mode)."""
     max_vertices: int = 2_000_000
     max_faces: int = 4_000_000
     require_license: bool = True
+    """license: filter assets whose licence is not in assets.licenses."""
 
 
 @dataclass
