@@ -264,3 +264,22 @@ def test_embeddings_known_values():
     polar, azim = relative_polar_azimuth(torch.tensor([0.0, 0.3]), torch.tensor([1.0, 0.5]), 0.0, 1.0)
     torch.testing.assert_close(polar, torch.tensor([math.pi / 2, math.pi / 2 - 0.3]))
     torch.testing.assert_close(azim, torch.tensor([0.0, 2 * math.pi - 0.5]))
+
+
+def test_flop_count_attention_split_and_official_anchor():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.flops import _meta_inputs, attention_core_flops, count_flops
+
+    with torch.device("meta"):
+        model = SV4D2UNet(TINY)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(**_meta_inputs(TINY, 2, 3, 4, 8, 8, False))
+    core = attention_core_flops(TINY, 2, 3, 4, 8, 8)
+    # On the meta device SDPA runs as two bmm per attention: the analytic cores must account for all of them.
+    bmm = fc.get_flop_counts()["Global"][torch.ops.aten.bmm]
+    assert bmm == core["spatial"] + core["3d"] + core["frame"] + core["cross"]
+    # Full size, one guidance-batched window (96 latents at 72x72): ~206 TFLOP with the snapshot's grouping.
+    rep = count_flops("sv4d2", batch=2, frames=12, views=4, latent_hw=(72, 72))
+    assert abs(rep.snapshot_equivalent / 206e12 - 1) < 0.03
+    assert rep.forward == pytest.approx(rep.snapshot_equivalent + rep.attention_3d, rel=1e-3)

@@ -1,0 +1,165 @@
+"""FLOPs of the SV4D 2.0 UNet: counted with PyTorch's FlopCounterMode on the meta device (no memory, no
+compute), with an analytic split of the attention cores (softmax(QK^T)V, 4 * L * S * C FLOPs per sequence).
+
+Conventions: a multiply-add is 2 FLOPs; only matmuls and convolutions are counted (norms, activations and
+softmax are not), as FlopCounterMode does. A training step is forward + backward; ``train_flops`` counts the
+backward as FlopCounterMode sees it (about 2x the forward) and never counts activation recomputation.
+
+For scale: the official snapshot groups the "3D" attention into sequences of V tokens, while this network
+attends over all V*H*W tokens of a frame (paper eq. 2). ``snapshot_equivalent`` subtracts that difference,
+which should reproduce the ~206 TFLOP measured for one guidance-batched official forward (96 latents, 72x72).
+
+CLI: ``python -m model.flops --batch 2 --frames 12 --views 4 --size 576``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import UNetConfig, get_config
+from .unet import SV4D2UNet
+
+LATENT_FACTOR = 8  # VAE downsampling: 576x576 images -> 72x72 latents
+
+
+@dataclass
+class FlopReport:
+    batch: int
+    frames: int
+    views: int
+    latent_hw: tuple[int, int]
+    forward: float  # total forward FLOPs
+    attention_spatial: float  # cores of the per-image self-attention
+    attention_3d: float  # cores of the per-frame attention over V*H*W tokens
+    attention_frame: float  # cores of the per-pixel attention over F frames
+    attention_cross: float  # cores of all cross-attentions (one context token each)
+    snapshot_equivalent: float  # forward with the official snapshot's V-token "3D" grouping
+    train: float | None = None  # forward + backward, when requested
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def attention_core_flops(
+    config: UNetConfig,
+    batch: int,
+    frames: int,
+    views: int,
+    height: int,
+    width: int,
+    frame_attention: bool = True,
+) -> dict[str, float]:
+    """Analytic FLOPs of the attention cores (QK^T and AV) of every transformer, by kind."""
+    b, f, v = batch, frames, views
+    out = {"spatial": 0.0, "3d": 0.0, "frame": 0.0, "cross": 0.0, "snapshot_3d": 0.0}
+    levels = len(config.channel_mult)
+
+    def add(ch: int, ds: int) -> None:
+        hw = (height // ds) * (width // ds)
+        n = b * f * v
+        d = config.transformer_depth
+        out["spatial"] += d * 4.0 * n * hw * hw * ch
+        out["3d"] += d * 4.0 * (b * f) * (v * hw) ** 2 * ch
+        out["snapshot_3d"] += d * 4.0 * (b * f * hw) * v * v * ch
+        out["cross"] += d * 4.0 * (2 * n * hw) * ch  # spatial and 3D cross-attention to one CLIP token
+        if frame_attention:
+            out["frame"] += d * 4.0 * (b * v * hw) * f * f * ch
+            out["cross"] += d * 4.0 * (b * v * hw * f) * ch
+
+    ds = 1
+    for level, mult in enumerate(config.channel_mult):
+        if ds in config.attention_resolutions:
+            for _ in range(config.num_res_blocks):  # encoder
+                add(mult * config.model_channels, ds)
+            for _ in range(config.num_res_blocks + 1):  # decoder
+                add(mult * config.model_channels, ds)
+        if level != levels - 1:
+            ds *= 2
+    add(config.channel_mult[-1] * config.model_channels, ds)  # middle block
+    return out
+
+
+def _meta_inputs(config: UNetConfig, b: int, f: int, v: int, h: int, w: int, requires_grad: bool) -> dict:
+    dev = "meta"
+    c = config.out_channels
+    return dict(
+        x=torch.empty(b, f, v, c, h, w, device=dev, requires_grad=requires_grad),
+        timesteps=torch.empty(b, device=dev),
+        cond_latent=torch.empty(b, f, config.in_channels - c, h, w, device=dev),
+        clip_emb=torch.empty(b, f, config.context_dim, device=dev),
+        polar_rad=torch.empty(b, f, v, device=dev),
+        azimuth_rad=torch.empty(b, f, v, device=dev),
+        ref_latents=torch.empty(b, v, config.motion_context_dim, h, w, device=dev),
+    )
+
+
+def count_flops(
+    config: UNetConfig | str = "sv4d2",
+    batch: int = 1,
+    frames: int = 12,
+    views: int = 4,
+    latent_hw: tuple[int, int] = (72, 72),
+    frame_attention: bool = True,
+    train: bool = False,
+) -> FlopReport:
+    """Forward (and optionally forward + backward) FLOPs of the UNet for one batch of B*F*V latents."""
+    cfg = get_config(config) if isinstance(config, str) else config
+    h, w = latent_hw
+    with torch.device("meta"):
+        model = SV4D2UNet(cfg)
+    model.set_frame_attention(frame_attention)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(**_meta_inputs(cfg, batch, frames, views, h, w, False))
+    forward = float(fc.get_total_flops())
+    train_flops = None
+    if train:
+        with FlopCounterMode(display=False) as fc:
+            model(**_meta_inputs(cfg, batch, frames, views, h, w, False)).sum().backward()
+        train_flops = float(fc.get_total_flops())
+    core = attention_core_flops(cfg, batch, frames, views, h, w, frame_attention)
+    return FlopReport(
+        batch=batch,
+        frames=frames,
+        views=views,
+        latent_hw=(h, w),
+        forward=forward,
+        attention_spatial=core["spatial"],
+        attention_3d=core["3d"],
+        attention_frame=core["frame"],
+        attention_cross=core["cross"],
+        snapshot_equivalent=forward - core["3d"] + core["snapshot_3d"],
+        train=train_flops,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m model.flops",
+        description="Count UNet FLOPs on the meta device (no GPU, no memory) and print them as JSON (TFLOP).",
+    )
+    parser.add_argument("--config", default="sv4d2", help="UNet config name")
+    parser.add_argument("--batch", type=int, default=1, help="samples per batch (each has F*V latents)")
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--size", type=int, default=576, help="image size in pixels (latents are size/8)")
+    parser.add_argument("--no-frame-attention", action="store_true", help="alpha_f = 0 (3D stage)")
+    parser.add_argument("--train", action="store_true", help="also count forward + backward")
+    args = parser.parse_args(argv)
+    if args.size % LATENT_FACTOR:
+        parser.error(f"--size {args.size} is not a multiple of {LATENT_FACTOR}")
+    hw = args.size // LATENT_FACTOR
+    rep = count_flops(
+        args.config, args.batch, args.frames, args.views, (hw, hw), not args.no_frame_attention, args.train
+    )
+    d = {k: (v / 1e12 if isinstance(v, float) else v) for k, v in rep.to_dict().items()}
+    print(json.dumps(d, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
