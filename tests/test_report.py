@@ -1,0 +1,138 @@
+"""The curation report on a fabricated manifest: counts, reasons, thresholds, PNGs, thumbnails, browser."""
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from curation.report import main, read_thresholds, write_report
+
+ROWS = [
+    # uid, status, reason, motion, scale_ratio, detail
+    ("walker", "rendered", None, 0.08, 1.05, ""),
+    ("morph", "rendered", None, 0.03, 1.2, ""),
+    ("lamp", "rendered", None, 0.05, 1.0, ""),
+    ("still_breeze", "filtered", "small_motion", 0.002, 1.01, "motion 0.002 < min_motion 0.01"),
+    ("balloon", "filtered", "inconsistent_scale", 0.1, 3.0, "scale ratio 3 > max_scale_ratio 1.5"),
+    ("statue", "filtered", "no_animation", None, None, "no action"),
+    ("nc_bird", "filtered", "license", None, None, "license 'by-nc' not allowed"),
+    ("broken", "failed", "bad_asset", None, None, "truncated glb"),
+    ("cube_shrink", "filtered", "inconsistent_scale", 0.02, float("inf"), "scale ratio inf"),
+]
+
+
+def _manifests(out: Path) -> None:
+    (out / "manifests").mkdir(parents=True)
+    names = ("uid", "source", "status", "reason", "detail", "motion", "scale_ratio", "num_vertices",
+             "num_faces", "num_images", "license", "hdri", "total_s")  # fmt: skip
+    cols = {k: [] for k in names}
+    for uid, status, reason, motion, scale, detail in ROWS:
+        for k, v in (("uid", uid), ("source", "procedural"), ("status", status), ("reason", reason),
+                     ("detail", detail), ("motion", motion), ("scale_ratio", scale), ("num_vertices", 1200),
+                     ("num_faces", 2000), ("num_images", 72 if status == "rendered" else None),
+                     ("license", "by-nc" if uid == "nc_bird" else "cc0"), ("hdri", "demo_00_overcast.hdr"),
+                     ("total_s", 12.5)):  # fmt: skip
+            cols[k].append(v)
+    table = pa.table(cols)
+    pq.write_table(table.slice(0, 5), out / "manifests" / "shard-000000.parquet")
+    pq.write_table(table.slice(5), out / "manifests" / "shard-000001.parquet")
+
+
+@pytest.fixture()
+def out_dir(tmp_path):
+    out = tmp_path / "run"
+    _manifests(out)
+    (out / "profile.yaml").write_text(
+        yaml.safe_dump({"curation": {"filters": {"min_motion": 0.02, "max_scale_ratio": 1.8}}})
+    )
+    # a contact sheet for one rendered asset, a render shard for another, nothing for the third
+    (out / "contact_sheets").mkdir()
+    Image.fromarray(np.full((300, 1500, 3), 90, np.uint8)).save(out / "contact_sheets" / "walker.png")
+    from shards.render_schema import encode_render_sample
+    from shards.writer import ShardWriter
+    from tests.synthetic import make_render_sample
+
+    with ShardWriter(out / "renders" / "shard-000000.tar") as w:
+        w.write(encode_render_sample(make_render_sample("morph", views=3, frames=4, res=16)))
+    return out
+
+
+def test_report_lists_counts_reasons_and_existing_pngs(out_dir):
+    index = write_report(out_dir)
+    text = index.read_text()
+    assert index == out_dir / "report" / "index.html"
+    # counts by status
+    for status, n in (("rendered", 3), ("filtered", 5), ("failed", 1)):
+        assert re.search(rf">{status}</span></td><td>{n}</td>", text), status
+    # reasons with counts, and the filtered groups with their measured values
+    for reason, n in (("small_motion", 1), ("inconsistent_scale", 2), ("no_animation", 1), ("license", 1)):
+        assert f"<td>{reason}</td><td>{n}</td>" in text
+        assert f"{reason} ({n})</h3>" in text
+    assert "<span class='hit'>0.002</span>" in text and "<span class='hit'>inf</span>" in text
+    assert "truncated glb" in text and "216 images rendered" in text
+    # thresholds come from profile.yaml
+    assert "min_motion = 0.02" in text and "max_scale_ratio = 1.8" in text
+    # every referenced PNG exists and opens
+    srcs = re.findall(r"<img src='([^']+)'", text)
+    assert {
+        "counts.png",
+        "motion_hist.png",
+        "scale_hist.png",
+        "thumbs/walker.png",
+        "thumbs/morph.png",
+    } <= set(srcs)
+    for src in srcs:
+        with Image.open(index.parent / src) as img:
+            assert img.width > 50 and img.height > 20
+    with Image.open(index.parent / "thumbs" / "walker.png") as img:
+        assert img.width == 960  # the contact sheet, downscaled
+    with Image.open(index.parent / "thumbs" / "morph.png") as img:
+        assert img.width == (4 + 2) * 74 + 2  # 4 frames of view 0 then views 1-2 of frame 0, from the shard
+    assert "no contact sheet or shard sample found" in text  # lamp
+
+
+def test_thresholds_fallback_and_cli(tmp_path, out_dir):
+    assert read_thresholds(tmp_path, "demo")["source"] == "profile demo"
+    (out_dir / "profile.yaml").unlink()
+    assert main([str(out_dir)]) == 0
+    assert "thresholds from profile demo" in (out_dir / "report" / "index.html").read_text()
+    assert main([str(tmp_path / "empty")]) == 2
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    _chromium() is None, reason="no chromium on PATH (apt-get install -y chromium): browser check skipped"
+)
+def test_report_renders_in_headless_chromium(out_dir):
+    """A real browser lays the page out and loads its images: the screenshot shows the bar chart colours."""
+    index = write_report(out_dir)
+    shot = out_dir / "report" / "screenshot.png"
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [
+            _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+            "--window-size=1280,2400", "--hide-scrollbars", f"--screenshot={shot}", index.as_uri(),
+        ]  # fmt: skip
+        subprocess.run(cmd, check=True, timeout=120, capture_output=True, env={**os.environ, "HOME": profile})
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert img.shape[0] >= 2000 and img.shape[1] >= 1200
+    # pixels of the rendered (green) and filtered (orange) bars: the PNGs were loaded and drawn
+    green = np.all(np.abs(img - [0x2E, 0x7D, 0x32]) < 12, axis=-1).sum()
+    orange = np.all(np.abs(img - [0xEF, 0x6C, 0x00]) < 12, axis=-1).sum()
+    assert green > 500 and orange > 500, (green, orange)
