@@ -251,9 +251,13 @@ def motion_metrics(
         position (`mean_displacement`), divided by object_size;
       object_size: largest extent of the union over the clip of the corrected per-frame boxes (what the
         renderer normalizes to 1);
-      scale_ratio: max over min over frames of the per-frame box's largest extent (1 = constant scale;
-        inf when some frame is degenerate). The largest extent, rather than the geometric mean of the
-        three extents, is used so that a flat or thin object (one extent near 0) is not flagged;
+      scale_ratio: max over min over frames of the radius of gyration of the sampled points (RMS distance
+        to their per-frame centroid); 1 for any rigid motion, exactly s for a uniform scaling by s, inf
+        when the object collapses to a point in some frame. Chosen over bounding-box extents because a
+        box's extents change under rotation alone (a tumbling cube's largest extent varies by up to
+        sqrt(3), which would read as "inconsistent scaling"), and a squash-and-stretch morph changes one
+        extent a lot but its overall size little (demo morph: largest extent 1.63, gyration 1.20);
+      bbox_scale_ratio: the same ratio of the per-frame bounding box's largest extent, for reference;
       max_offset: max over frames of |offsets[t]| / object_size (how much global motion was removed).
     """
     positions = _check_positions(positions)
@@ -273,19 +277,31 @@ def motion_metrics(
     lo = (bbox_min - offsets).min(axis=0)
     hi = (bbox_max - offsets).max(axis=0)
     size = float((hi - lo).max())
-    extents = (bbox_max - bbox_min).max(axis=1)
-    if extents.min() > 0:
-        scale_ratio = float(extents.max() / extents.min())
-    else:
-        scale_ratio = 1.0 if extents.max() == 0 else float("inf")
+    gyration = np.sqrt(((positions - positions.mean(axis=1, keepdims=True)) ** 2).sum(axis=2).mean(axis=1))
+    scale_ratio = _ratio(gyration)
+    bbox_scale_ratio = _ratio((bbox_max - bbox_min).max(axis=1))
     if size == 0.0:
-        return {"motion": 0.0, "object_size": 0.0, "scale_ratio": scale_ratio, "max_offset": 0.0}
+        return {
+            "motion": 0.0,
+            "object_size": 0.0,
+            "scale_ratio": scale_ratio,
+            "bbox_scale_ratio": bbox_scale_ratio,
+            "max_offset": 0.0,
+        }
     return {
         "motion": float(mean_displacement(corrected).mean() / size),
         "object_size": size,
         "scale_ratio": scale_ratio,
+        "bbox_scale_ratio": bbox_scale_ratio,
         "max_offset": float(np.linalg.norm(offsets, axis=1).max() / size),
     }
+
+
+def _ratio(sizes: np.ndarray) -> float:
+    """max / min of positive per-frame sizes; 1 when all are 0, inf when only some are."""
+    if sizes.min() > 0:
+        return float(sizes.max() / sizes.min())
+    return 1.0 if sizes.max() == 0 else float("inf")
 
 
 def analyze_clip(

@@ -306,7 +306,7 @@ def write_report(out_dir: Path, profile: str = "demo") -> Path:
     )  # fmt: skip
     plot_histogram(
         rows, "scale_ratio", thr["max_scale_ratio"], "above", "Scale consistency",
-        "max / min bounding-box extent over the clip", report / "scale_hist.png",
+        "max / min object size (radius of gyration) over the clip", report / "scale_hist.png",
     )  # fmt: skip
 
     status_counts = Counter(r.get("status") or "?" for r in rows)

@@ -140,7 +140,8 @@ class FilterConfig:
     min_motion: float = 0.01
     """small_motion: mean per-vertex displacement after correction, relative to object size, below this."""
     max_scale_ratio: float = 1.5
-    """inconsistent_scale: max over min of the bounding-box extent over time above this."""
+    """inconsistent_scale: max over min over time of the object's size (radius of gyration of its sampled
+    vertices: rotation-invariant, exact for uniform scaling) above this."""
     min_clip_frames: int = 2
     """clip_too_short: the chosen action spans fewer frames than this (4d mode)."""
     max_vertices: int = 2_000_000

@@ -182,3 +182,16 @@ def test_analyze_clip_enabled_and_disabled():
     assert np.abs(on["offsets"] - true_drift).max() < 1e-6
     assert np.all(off["offsets"] == 0)
     assert on["metrics"]["motion"] < off["metrics"]["motion"]
+
+
+def test_scale_ratio_ignores_rotation_and_sees_uniform_growth():
+    rng = np.random.default_rng(7)
+    cube = rng.uniform(-0.5, 0.5, size=(1000, 3))
+    # a tumbling rigid cube: its bounding box changes a lot, its size does not
+    positions = _spin(cube, np.linspace(0, np.pi / 2, 7), np.zeros(3))
+    m = motion_metrics(positions, None, positions.min(1), positions.max(1))
+    assert m["scale_ratio"] == pytest.approx(1.0, abs=1e-9)
+    assert m["bbox_scale_ratio"] > 1.3
+    # an object that appears from (almost) nothing
+    grow = np.stack([cube * s for s in (0.0, 0.5, 1.0)])
+    assert motion_metrics(grow, None, grow.min(1), grow.max(1))["scale_ratio"] == float("inf")
