@@ -10,6 +10,12 @@ read as empty); thresholds from OUT_DIR/profile.yaml (written by curation.render
 by --profile (default: demo). Thumbnails: OUT_DIR/contact_sheets/{uid}.png when present (downscaled), else
 built from the render shards OUT_DIR/renders*/shard-*.tar (view 0 over the frames, then frame 0 over the
 views, of the first orbit).
+
+Browser check: tests/test_report.py::test_report_renders_in_headless_chromium lays the page out in headless
+Chromium (Debian: `apt-get install -y chromium`) and checks the screenshot shows the charts; it skips, saying
+why, where no chromium is installed. By hand:
+    chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir=$(mktemp -d) \
+        --window-size=1280,2400 --screenshot=/tmp/report.png file://$PWD/OUT_DIR/report/index.html
 """
 
 from __future__ import annotations
@@ -271,7 +277,7 @@ h1 { margin-bottom: 4px; } .sub { color: #666; margin-top: 0; }
 table { border-collapse: collapse; margin: 8px 0 20px; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; }
-.rendered { color: #2e7d32; } .filtered { color: #ef6c00; } .failed { color: #c62828; }
+span.rendered { color: #2e7d32; } span.filtered { color: #ef6c00; } span.failed { color: #c62828; }
 .plots img { max-width: 100%; margin: 4px 12px 12px 0; border: 1px solid #ddd; }
 .asset { margin: 10px 0 18px; } .asset img { display: block; margin-top: 4px; border: 1px solid #ddd; }
 .hit { font-weight: bold; color: #ef6c00; }
