@@ -74,6 +74,16 @@ def base_job(cfg: PipelineConfig, uid: str, asset_path: Path, out_dir: Path) -> 
     }
 
 
+def _node_id() -> str | None:
+    """The Ray node that ran the task (which machine of a cluster rendered what)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:
+        return None
+
+
 def process_asset(record: Any, cfg: PipelineConfig, asset_dir: Path) -> dict[str, Any]:
     """Run one asset to a manifest row; never raises for a bad asset (the row says why)."""
     from curation import analysis, sources  # imported here: heavy, and only the workers need them
@@ -90,6 +100,7 @@ def process_asset(record: Any, cfg: PipelineConfig, asset_dir: Path) -> dict[str
         "license": record.license,
         "expected": getattr(record, "expected", None),
         "attempts": 0,
+        "node_id": _node_id(),
     }
     try:
         path = sources.fetch_asset(record, cfg.assets)
@@ -111,13 +122,21 @@ def process_asset(record: Any, cfg: PipelineConfig, asset_dir: Path) -> dict[str
     )
     row["attempts"] = outcome.attempts
     row["analysis_s"] = outcome.seconds
+    row["num_vertices"] = outcome.result.get("num_vertices")
+    row["num_faces"] = outcome.result.get("num_faces")
+    if outcome.reason in analysis.FILTER_REASONS_FROM_ANALYSIS:
+        row.update(status="filtered", reason=outcome.reason, detail=outcome.detail)
+        return _finish(asset_dir, row, start)
     if not outcome.ok:
         row.update(status="failed", reason=outcome.reason, detail=outcome.detail)
         return _finish(asset_dir, row, start)
-    row["num_vertices"] = outcome.result.get("num_vertices")
-    row["num_faces"] = outcome.result.get("num_faces")
-    decision = analysis.curate(asset_dir, outcome.result, record, cfg)
-    row.update(decision.values)
+    try:
+        decision = analysis.curate(asset_dir, outcome.result, record, cfg)
+    except Exception as exc:  # degenerate geometry etc.: this asset's failure, recorded
+        row.update(status="failed", reason="analysis_error", detail=f"{type(exc).__name__}: {exc}")
+        return _finish(asset_dir, row, start)
+    row.update({k: v for k, v in decision.values.items() if k != "license"})
+    (asset_dir / "curation.json").write_text(json.dumps(decision.__dict__, indent=1, default=str))
     if decision.status != "accept":
         row.update(status="filtered", reason=decision.reason, detail=decision.detail)
         return _finish(asset_dir, row, start)

@@ -38,6 +38,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "render_s": pa.float64(),
     "total_s": pa.float64(),
     "s_per_image": pa.float64(),
+    "node_id": pa.string(),
 }
 
 

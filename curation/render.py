@@ -168,6 +168,9 @@ def render_shard(
     atomic_write_bytes(out_dir / "profile.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     records = shard_slice(sources.list_assets(cfg.assets), shard, cfg.assets.assets_per_shard)
     log.info("%s: %d assets from source %s", shard_name(shard), len(records), cfg.assets.source)
+    from curation.hdri import prepare_library
+
+    prepare_library(cfg.curation.hdri, cfg.assets.seed)  # generate/score maps once, before the workers
     _init_ray(address, num_cpus)
     start = time.monotonic()
     rows = run_tasks(records, cfg, paths["work"])
