@@ -39,7 +39,8 @@ log = logging.getLogger("curation.report")
 STATUS_ORDER = ("rendered", "filtered", "failed", "skipped")
 STATUS_COLOURS = {"rendered": "#2e7d32", "filtered": "#ef6c00", "failed": "#c62828", "skipped": "#757575"}
 THUMB = 72
-SHEET_MAX_WIDTH = 960
+SHEET_MAX_WIDTH = 640
+SHEET_MAX_HEIGHT = 240
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -188,14 +189,10 @@ def plot_histogram(
 # ------------------------------------------------------------------------------------------------ thumbnails
 
 
-def _strip_from_sample(sample: Any, thumb: int = THUMB, max_tiles: int = 8) -> Image.Image:
+def _strip(tiles: list[np.ndarray], thumb: int = THUMB) -> Image.Image:
+    """RGBA uint8 tiles composited on white, in one row."""
     from shards.contact_sheet import composite
 
-    orbit = sample.orbits[0]
-    stack = sample.images[orbit]  # (V, F, H, W, 4)
-    V, F = stack.shape[:2]
-    tiles = [stack[0, f] for f in range(min(F, max_tiles))]
-    tiles += [stack[v, 0] for v in range(1, min(V, max_tiles))]
     strip = Image.new("RGB", (len(tiles) * (thumb + 2) + 2, thumb + 4), (40, 40, 40))
     for i, rgba in enumerate(tiles):
         img = Image.fromarray(composite(rgba, background="white")).resize((thumb, thumb), Image.BILINEAR)
@@ -203,50 +200,86 @@ def _strip_from_sample(sample: Any, thumb: int = THUMB, max_tiles: int = 8) -> I
     return strip
 
 
-def build_thumbnails(out_dir: Path, uids: list[str], thumb_dir: Path) -> dict[str, tuple[str, str]]:
-    """uid -> (PNG path relative to the report folder, origin note) for the rendered assets found."""
+def _tiles_from_raw(raw: dict[str, Any], max_tiles: int = 8) -> list[np.ndarray]:
+    """View 0 over the frames, then frame 0 over the other views, of the first orbit; decodes only those
+    PNGs (a paper-scale sample holds more than 1000 images)."""
+    import io
+    import json
+
+    from shards.render_schema import image_field
+
+    meta = json.loads(raw["meta.json"])
+    orbit = meta["orbits"][0]
+    V, F = int(meta["num_views"]), int(meta["num_frames"])
+    names = [image_field(orbit, 0, f) for f in range(min(F, max_tiles))]
+    names += [image_field(orbit, v, 0) for v in range(1, min(V, max_tiles))]
+    tiles = []
+    for name in names:
+        with Image.open(io.BytesIO(raw[name])) as img:
+            tiles.append(np.asarray(img.convert("RGBA")))
+    return tiles
+
+
+def build_thumbnails(
+    out_dir: Path, uids: list[str], thumb_dir: Path, max_thumbnails: int = 200
+) -> dict[str, dict[str, str | None]]:
+    """uid -> {"src": thumbnail PNG relative to the report folder, "origin": note, "sheet": the asset's
+    contact sheet relative to the report folder or None}, for at most `max_thumbnails` rendered assets.
+
+    Strips come from the render shards (view 0 over the frames, frame 0 over the views); an asset found
+    in no shard gets the top of its contact sheet, downscaled.
+    """
     thumb_dir.mkdir(parents=True, exist_ok=True)
-    found: dict[str, tuple[str, str]] = {}
+    uids = sorted(uids)[:max_thumbnails]
     sheets = {p.stem: p for p in sorted((out_dir / "contact_sheets").glob("*.png"))}
-    for uid in uids:
-        sheet = sheets.get(uid)
-        if sheet is None:
-            continue
+    found: dict[str, dict[str, str | None]] = {}
+
+    def sheet_rel(uid: str) -> str | None:
+        return f"../contact_sheets/{sheets[uid].name}" if uid in sheets else None
+
+    missing = set(uids)
+    try:
+        from shards.reader import iter_raw_samples
+    except ImportError as exc:
+        log.warning("no shards reader (%s): thumbnails come from contact sheets only", exc)
+        iter_raw_samples = None
+    shards = sorted(out_dir.glob("renders*/shard-*.tar")) if iter_raw_samples else []
+    for shard in shards:
+        if not missing:
+            break
         try:
-            with Image.open(sheet) as img:
+            for raw in iter_raw_samples(shard):
+                key = raw["__key__"].rsplit("/", 1)[-1]
+                uid = key if key in missing else next((u for u in sorted(missing) if key.startswith(u)), None)
+                if uid is None:
+                    continue
+                try:
+                    _strip(_tiles_from_raw(raw)).save(thumb_dir / f"{uid}.png")
+                except (KeyError, ValueError, OSError) as exc:
+                    log.warning("sample %s of %s: no thumbnail (%s)", key, shard.name, exc)
+                    continue
+                found[uid] = {
+                    "src": f"thumbs/{uid}.png",
+                    "origin": f"shard {shard.name}",
+                    "sheet": sheet_rel(uid),
+                }
+                missing.discard(uid)
+        except Exception as exc:  # a bad shard costs its thumbnails, not the report
+            log.warning("cannot read thumbnails from %s: %s", shard, exc)
+    for uid in sorted(missing & set(sheets)):
+        try:
+            with Image.open(sheets[uid]) as img:
                 img = img.convert("RGB")
-                if img.width > SHEET_MAX_WIDTH:
-                    img = img.resize(
-                        (SHEET_MAX_WIDTH, round(img.height * SHEET_MAX_WIDTH / img.width)), Image.BILINEAR
-                    )
-                dest = thumb_dir / f"{uid}.png"
-                img.save(dest)
-            found[uid] = (f"thumbs/{uid}.png", f"contact sheet {sheet.name}")
+                scale = min(1.0, SHEET_MAX_WIDTH / img.width)
+                img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+                img.crop((0, 0, img.width, min(img.height, SHEET_MAX_HEIGHT))).save(thumb_dir / f"{uid}.png")
+            found[uid] = {
+                "src": f"thumbs/{uid}.png",
+                "origin": "contact sheet (top)",
+                "sheet": sheet_rel(uid),
+            }
         except OSError as exc:
-            log.warning("unreadable contact sheet %s: %s", sheet, exc)
-    missing = set(uids) - set(found)
-    shards = sorted(out_dir.glob("renders*/shard-*.tar"))
-    if missing and shards:
-        try:
-            from shards.reader import iter_raw_samples
-            from shards.render_schema import decode_render_sample
-        except ImportError as exc:
-            log.warning("no shards reader (%s): rendered assets without contact sheets get no thumbnail", exc)
-            return found
-        for shard in shards:
-            try:
-                for raw in iter_raw_samples(shard):
-                    key = raw["__key__"].rsplit("/", 1)[-1]
-                    uid = key if key in missing else next((u for u in missing if key.startswith(u)), None)
-                    if uid is None:
-                        continue
-                    _strip_from_sample(decode_render_sample(raw)).save(thumb_dir / f"{uid}.png")
-                    found[uid] = (f"thumbs/{uid}.png", f"shard {shard.name}")
-                    missing.discard(uid)
-            except Exception as exc:  # a bad shard costs its thumbnails, not the report
-                log.warning("cannot read thumbnails from %s: %s", shard, exc)
-            if not missing:
-                break
+            log.warning("unreadable contact sheet %s: %s", sheets[uid], exc)
     return found
 
 
@@ -294,7 +327,7 @@ REASON_COLUMN = {
 }
 
 
-def write_report(out_dir: Path, profile: str = "demo") -> Path:
+def write_report(out_dir: Path, profile: str = "demo", max_thumbnails: int = 200) -> Path:
     """Write OUT_DIR/report/index.html (+ PNGs); returns its path. Raises FileNotFoundError when there is
     no manifest."""
     out_dir = Path(out_dir)
@@ -318,7 +351,7 @@ def write_report(out_dir: Path, profile: str = "demo") -> Path:
     status_counts = Counter(r.get("status") or "?" for r in rows)
     reason_counts = Counter((r.get("status") or "?", r.get("reason") or "") for r in rows if r.get("reason"))
     rendered = sorted((r for r in rows if r.get("status") == "rendered"), key=lambda r: r["uid"])
-    thumbs = build_thumbnails(out_dir, [r["uid"] for r in rendered], report / "thumbs")
+    thumbs = build_thumbnails(out_dir, [r["uid"] for r in rendered], report / "thumbs", max_thumbnails)
 
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Curation report</title>",
@@ -375,10 +408,12 @@ def write_report(out_dir: Path, profile: str = "demo") -> Path:
         )
         parts.append(f"<div class='asset'><b>{html.escape(r['uid'])}</b> &middot; {facts}")
         if r["uid"] in thumbs:
-            src, origin = thumbs[r["uid"]]
-            parts.append(
-                f"<img src='{src}' alt='thumbnails of {html.escape(r['uid'])}' title='{html.escape(origin)}'>"
-            )
+            t = thumbs[r["uid"]]
+            alt = f"thumbnails of {html.escape(r['uid'])}"
+            img = f"<img src='{t['src']}' alt='{alt}' title='{html.escape(t['origin'] or '')}'>"
+            parts.append(f"<a href='{t['sheet']}'>{img}</a> (full contact sheet)" if t["sheet"] else img)
+        elif len(rendered) > max_thumbnails:
+            parts.append(f"<i>(thumbnails are shown for the first {max_thumbnails} rendered assets)</i>")
         else:
             parts.append("<i>(no contact sheet or shard sample found)</i>")
         parts.append("</div>")
@@ -446,10 +481,13 @@ def main(argv: list[str] | None = None) -> int:
         default="demo",
         help="profile whose thresholds are drawn when OUT_DIR/profile.yaml is absent (default: demo)",
     )
+    parser.add_argument(
+        "--max-thumbnails", type=int, default=200, help="thumbnail strips for at most this many assets (200)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        index = write_report(args.out_dir, args.profile)
+        index = write_report(args.out_dir, args.profile, args.max_thumbnails)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -94,7 +94,8 @@ def test_report_lists_counts_reasons_and_existing_pngs(out_dir):
         with Image.open(index.parent / src) as img:
             assert img.width > 50 and img.height > 20
     with Image.open(index.parent / "thumbs" / "walker.png") as img:
-        assert img.width == 960  # the contact sheet, downscaled
+        assert img.size == (640, 128)  # the contact sheet (not in any shard), downscaled
+    assert "<a href='../contact_sheets/walker.png'>" in text
     with Image.open(index.parent / "thumbs" / "morph.png") as img:
         assert img.width == (4 + 2) * 74 + 2  # 4 frames of view 0 then views 1-2 of frame 0, from the shard
     assert "no contact sheet or shard sample found" in text  # lamp
