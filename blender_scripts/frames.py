@@ -2,7 +2,9 @@
 
 Frame numbers are Blender scene frames (floats: Blender evaluates subframes, and glTF imports often have
 fractional action ranges such as 0.96..383.04). The clip starts at the action's first frame; frames are
-taken uniformly, both ends included, over the first `duration_s` seconds (or the whole action).
+taken at F uniform steps of window/F over the first `duration_s` seconds (or the whole action), the window
+end excluded: most animations loop, and a looping clip's last frame repeats its first, which would give a
+duplicated pose (and a two-frame sample with no motion at all).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def sample_frames(
     """F frames uniformly over the first `duration_s` seconds of the clip [frame_start, frame_end].
 
     duration_s = 0 (or a clip shorter than duration_s) takes the whole clip. F = 1 gives frame_start.
-    Example: (1, 49, 24 fps, 3 frames, 1.0 s) -> frames [1, 13, 25], times [0, 0.5, 1.0].
+    Example: (1, 49, 24 fps, 3 frames, 1.0 s) -> frames [1, 9, 17], times [0, 1/3, 2/3].
 
     Raises ValueError for an empty clip (frame_end <= frame_start), a non-positive fps or num_frames, or a
     negative duration.
@@ -45,5 +47,5 @@ def sample_frames(
     span = float(frame_end - frame_start)
     if duration_s > 0:
         span = min(span, duration_s * fps)
-    offsets = np.linspace(0.0, span, num_frames) if num_frames > 1 else np.zeros(1)
+    offsets = np.arange(num_frames) * (span / num_frames)
     return FrameSample(source_frames=float(frame_start) + offsets, times_s=offsets / fps)

@@ -102,6 +102,12 @@ def process_asset(record: Any, cfg: PipelineConfig, asset_dir: Path) -> dict[str
         "attempts": 0,
         "node_id": _node_id(),
     }
+    from curation.filters import license_decision
+
+    lic = license_decision(record, cfg.curation.filters, cfg.assets.licenses)
+    if not lic.accepted:  # decided from the listing alone: never download what cannot be used
+        row.update(status="filtered", reason=lic.reason, detail=lic.detail)
+        return _finish(asset_dir, row, start)
     try:
         path = sources.fetch_asset(record, cfg.assets)
     except Exception as exc:  # any fetch problem is this asset's failure, never the job's

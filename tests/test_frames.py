@@ -9,17 +9,18 @@ from blender_scripts.normalize import apply_normalization, normalization_from_bb
 
 def test_sample_frames_worked_example():
     s = sample_frames(1, 49, 24.0, 3, 1.0)
-    np.testing.assert_allclose(s.source_frames, [1, 13, 25])
-    np.testing.assert_allclose(s.times_s, [0, 0.5, 1.0])
+    np.testing.assert_allclose(s.source_frames, [1, 9, 17])
+    np.testing.assert_allclose(s.times_s, [0, 1 / 3, 2 / 3])
 
 
 def test_sample_frames_whole_clip_and_short_clip():
     whole = sample_frames(0.96, 383.04, 24.0, 5, 0.0)
-    np.testing.assert_allclose(whole.source_frames[[0, -1]], [0.96, 383.04])
+    # the clip end is excluded: a looping clip's last frame repeats its first
+    np.testing.assert_allclose(whole.source_frames[[0, -1]], [0.96, 0.96 + 382.08 * 4 / 5])
     assert np.allclose(np.diff(whole.source_frames), np.diff(whole.source_frames)[0])
     # clip (10 frames = 0.4167 s) shorter than the requested 2 s: the whole clip
     short = sample_frames(1, 11, 24.0, 6, 2.0)
-    np.testing.assert_allclose(short.source_frames, np.linspace(1, 11, 6))
+    np.testing.assert_allclose(short.source_frames, 1 + np.arange(6) * 10 / 6)
 
 
 def test_sample_frames_single_frame_and_errors():

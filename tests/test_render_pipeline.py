@@ -27,6 +27,7 @@ TINY = [
     "render.threads=1",
     "render.timeout_s=120",
     "assets.source=local",
+    "assets.local_license=cc0",
 ]
 
 _MAKE_BAD = r"""
@@ -40,6 +41,16 @@ elif kind == "noanim":
     bpy.ops.mesh.primitive_cube_add(size=1.0)
     bpy.ops.export_scene.gltf(filepath=path, export_format="GLB", export_animations=False)
 """
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ray():
+    """Each test starts and ends without a connected Ray driver (render_shard keeps one it started)."""
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
 
 
 def _bad_asset(kind: str, path: Path) -> Path:
