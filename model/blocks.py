@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import BasicTransformerBlock, TimeMixBlock
 from .embeddings import timestep_embedding
@@ -59,7 +60,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 and cast back (stable under bf16)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).type(x.dtype)
 
 
 class MixFactor(nn.Module):
@@ -200,6 +203,7 @@ class SpatioTemporalTransformer(nn.Module):
         depth = cfg.transformer_depth
         self.channels = channels
         self.max_period = cfg.max_period
+        self.gradient_checkpointing = False  # set through SV4D2UNet.gradient_checkpointing
         self.motion_context_dim = cfg.motion_context_dim
         self.norm = GroupNorm32(cfg.norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
@@ -241,12 +245,13 @@ class SpatioTemporalTransformer(nn.Module):
             self.time_mixer_motion.mix_factor.fill_(motion_merge_factor)
 
     def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
-        """x: (N, C, H, W) with N = B*F*V in (b, f, v) order. Returns (N, C, H, W)."""
+        """x: (N, C, H, W) with N = B*F*V in (b, f, v) order. Returns (N, C, H, W).
+
+        With ``gradient_checkpointing`` each step (spatial, 3D, frame) is checkpointed on its own, so the
+        backward pass holds the activations of one step at a time rather than of the whole transformer.
+        """
         n, c, hh, ww = x.shape
         b, f, v = ctx.batch, ctx.frames, ctx.views
-        hw = hh * ww
-        h = self.norm(x).permute(0, 2, 3, 1).reshape(n, hw, c)
-        h = self.proj_in(h)
         clip = ctx.clip
         clip_per_image = clip[:, :, None, :].expand(b, f, v, clip.shape[-1]).reshape(n, 1, clip.shape[-1])
         clip_per_frame = clip.reshape(b * f, 1, clip.shape[-1])
@@ -254,17 +259,41 @@ class SpatioTemporalTransformer(nn.Module):
         if ctx.frame_attention:
             femb = timestep_embedding(ctx.frame_index, c, self.max_period).to(ctx.vector.dtype)
             femb = self.time_mix_motion_embed(femb)[:, :, None, :]  # (B, F, 1, C)
-            motion_ctx = ctx.motion_context(hh, ww, self.motion_context_dim, h.dtype)
-        for blk, blk3d, blkf in zip(self.transformer_blocks, self.time_mix_blocks, self.motion_blocks):
-            h = blk(h, clip_per_image)
-            mixed = (h + cam.to(h.dtype)).reshape(b * f, v * hw, c)
-            mixed = blk3d(mixed, clip_per_frame).reshape(n, hw, c)
-            h = self.time_mixer(h, mixed)
+            motion_ctx = ctx.motion_context(hh, ww, self.motion_context_dim, cam.dtype)
+        h = x
+        for i in range(len(self.transformer_blocks)):
+            h = self._ckpt(self._spatial_step, i, h, clip_per_image)
+            h = self._ckpt(self._camera_step, i, h, cam, clip_per_frame, b, f, v)
             if ctx.frame_attention:
-                mixed = h.view(b, f, v * hw, c) + femb.to(h.dtype)
-                mixed = mixed.transpose(1, 2).reshape(b * v * hw, f, c)
-                mixed = blkf(mixed, motion_ctx)
-                mixed = mixed.view(b, v * hw, f, c).transpose(1, 2).reshape(n, hw, c)
-                h = self.time_mixer_motion(h, mixed)
+                h = self._ckpt(self._frame_step, i, h, femb, motion_ctx, b, f, v)
         h = self.proj_out(h)
         return h.view(n, hh, ww, c).permute(0, 3, 1, 2) + x
+
+    def _ckpt(self, fn, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _spatial_step(self, i: int, h: torch.Tensor, clip_per_image: torch.Tensor) -> torch.Tensor:
+        if i == 0:  # h is the block input (N, C, H, W): normalise and project into tokens (N, HW, C)
+            n, c, hh, ww = h.shape
+            h = self.proj_in(self.norm(h).permute(0, 2, 3, 1).reshape(n, hh * ww, c))
+        return self.transformer_blocks[i](h, clip_per_image)
+
+    def _camera_step(
+        self, i: int, h: torch.Tensor, cam: torch.Tensor, clip_per_frame: torch.Tensor, b: int, f: int, v: int
+    ) -> torch.Tensor:
+        n, hw, c = h.shape
+        mixed = (h + cam.to(h.dtype)).reshape(b * f, v * hw, c)
+        mixed = self.time_mix_blocks[i](mixed, clip_per_frame).reshape(n, hw, c)
+        return self.time_mixer(h, mixed)
+
+    def _frame_step(
+        self, i: int, h: torch.Tensor, femb: torch.Tensor, motion_ctx: torch.Tensor, b: int, f: int, v: int
+    ) -> torch.Tensor:
+        n, hw, c = h.shape
+        mixed = h.view(b, f, v * hw, c) + femb.to(h.dtype)
+        mixed = mixed.transpose(1, 2).reshape(b * v * hw, f, c)
+        mixed = self.motion_blocks[i](mixed, motion_ctx)
+        mixed = mixed.view(b, v * hw, f, c).transpose(1, 2).reshape(n, hw, c)
+        return self.time_mixer_motion(h, mixed)

@@ -44,7 +44,6 @@ class SV4D2UNet(nn.Module):
         self.config = config
         cfg = config
         mc, ted = cfg.model_channels, cfg.time_embed_dim
-        self.gradient_checkpointing = cfg.gradient_checkpointing
         self.frame_attention_enabled = True
 
         self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
@@ -91,6 +90,19 @@ class SV4D2UNet(nn.Module):
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
         self.downsample_factor = 2 ** (len(cfg.channel_mult) - 1)
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Activation checkpointing (recompute in backward, ``use_reentrant=False``) of every ResBlock and of
+        each step (spatial, 3D, frame) of every transformer; only active while gradients are enabled."""
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        self._gradient_checkpointing = bool(enabled)
+        for t in self.transformers():
+            t.gradient_checkpointing = bool(enabled)
 
     # ------------------------------------------------------------------------------------------------------
     # Frame attention (alpha_f) control for progressive 3D-to-4D training.
@@ -255,13 +267,15 @@ class SV4D2UNet(nn.Module):
         return out.reshape(b, f, v, cfg.out_channels, hh, ww).to(x.dtype)
 
     def _run(self, block: UNetBlock, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
-        if (
-            self.gradient_checkpointing
-            and torch.is_grad_enabled()
-            and any(isinstance(layer, ResBlock | SpatioTemporalTransformer) for layer in block)
-        ):
-            return checkpoint(block, h, ctx, use_reentrant=False)
-        return block(h, ctx)
+        ckpt = self._gradient_checkpointing and torch.is_grad_enabled()
+        for layer in block:
+            if isinstance(layer, ResBlock):
+                h = checkpoint(layer, h, ctx, use_reentrant=False) if ckpt else layer(h, ctx)
+            elif isinstance(layer, SpatioTemporalTransformer):
+                h = layer(h, ctx)  # checkpoints its own steps
+            else:
+                h = layer(h)
+        return h
 
 
 def build_unet(config: UNetConfig | str, device: torch.device | str | None = None) -> SV4D2UNet:

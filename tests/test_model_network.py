@@ -241,6 +241,9 @@ def test_bf16_autocast_runs_and_is_close():
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    half = model.to(torch.bfloat16)  # bf16 weights (inference): fp32 inputs are cast, fp32 output returned
+    out_half = run(half, **kw)
+    assert out_half.dtype == torch.float32 and (out_half - ref).abs().max() < 0.1 * ref.abs().max()
 
 
 def test_checkpointing_gives_same_gradients():
