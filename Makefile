@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m curation.render --profile $(PROFILE) --shard $(SHARD)
 	$(PY) -m shards.inspect outputs/$(PROFILE)/renders/shard-$(shell printf %06d $(SHARD)).tar
+	$(PY) -m curation.render --profile $(PROFILE) --shard $(SHARD) --set render.mode=static
+	$(PY) -m shards.inspect outputs/$(PROFILE)/static/renders/shard-$(shell printf %06d $(SHARD)).tar
 	$(PY) -m curation.report outputs/$(PROFILE)
 
 render: $(STAMP)

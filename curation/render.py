@@ -13,6 +13,9 @@ with its reason, never the failure of the job. Outputs, each written atomically:
     <out>/manifests/shard-NNNNNN.parquet   one row per asset: status, reason, measured values, timings
     <out>/work/shard-NNNNNN/<uid>/         per-asset renders, job files, Blender logs (kept for resume)
 
+With --set render.mode=static (orbit-only samples, F = 1, for the 3D pre-training stage) the same tree
+goes under <out>/static/.
+
 Running the same shard again resumes: finished assets are reused, the shard is rebuilt without
 duplicates; a shard whose tar and manifest both exist is skipped unless --force.
 """
@@ -54,7 +57,13 @@ def shard_slice(records: list[Any], shard: int, per_shard: int) -> list[Any]:
     return records[shard * per_shard : (shard + 1) * per_shard]
 
 
+def dataset_dir(out_dir: Path, mode: str) -> Path:
+    """4D samples live under <out>, static (orbit-only, F = 1) samples in their own tree <out>/static."""
+    return Path(out_dir) / "static" if mode == "static" else Path(out_dir)
+
+
 def shard_paths(out_dir: Path, shard: int) -> dict[str, Path]:
+    """Where shard `shard` goes under a dataset folder (see `dataset_dir`)."""
     name = shard_name(shard)
     return {
         "tar": out_dir / "renders" / f"{name}.tar",
@@ -158,7 +167,7 @@ def render_shard(
     """Render shard `shard` of `cfg`'s asset list; returns a summary dict."""
     from curation import sources
 
-    out_dir = Path(cfg.out_dir)
+    out_dir = dataset_dir(Path(cfg.out_dir), cfg.render.mode)
     paths = shard_paths(out_dir, shard)
     if not force and paths["tar"].is_file() and paths["manifest"].is_file():
         log.info("%s is complete (%s); use --force to redo it", shard_name(shard), paths["tar"])
