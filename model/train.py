@@ -215,6 +215,8 @@ class StageResult:
     losses: list[float]
     bad_steps: int
     checkpoint: Path | None
+    init_source: str | None = None
+    """Where the stage's weights came from: a checkpoint/file path, `resume:<path>`, or None (random)."""
 
 
 def _autocast_dtype(model_cfg: Any, device: torch.device) -> torch.dtype | None:
@@ -263,6 +265,7 @@ def run_stage(
     net = build_unet(unet_cfg).to(device)
     frame_names = configure_stage(net, stage.name)
 
+    init_source: str | None = None
     resume_ckpt = latest_checkpoint(stage_dir) if resume else None
     if resume and resume_ckpt is None:
         log.warning("--resume: no checkpoint in %s, starting the stage from its init", stage_dir)
@@ -281,9 +284,12 @@ def run_stage(
             elif mcfg.init_checkpoint:
                 init, which = mcfg.init_checkpoint, "model"
         if init:
-            load_init_weights(net, resolve_checkpoint(init, ckpt_root), which)
+            init_path = resolve_checkpoint(init, ckpt_root)
+            load_init_weights(net, init_path, which)
+            init_source = str(init_path)
     else:
         load_init_weights(net, resume_ckpt, "model")
+        init_source = f"resume:{resume_ckpt}"
 
     ema = EMA(net, tcfg.ema_decay)
     opt = torch.optim.AdamW(
@@ -487,7 +493,7 @@ def run_stage(
         writer.close()
     if step == start_step and di.is_main:
         last_ckpt = latest_checkpoint(stage_dir)
-    return StageResult(stage.name, start_step, step, losses, bad_total, last_ckpt)
+    return StageResult(stage.name, start_step, step, losses, bad_total, last_ckpt, init_source)
 
 
 # ---------------------------------------------------------------------------------------------------------
