@@ -150,3 +150,26 @@ def test_two_node_ray_cluster(tmp_path, good_glb):
     assert [r["status"] for r in rows] == ["rendered"] * 4
     assert len({r["node_id"] for r in rows}) == 2, "the shard did not spread over both nodes"
     assert len(list(iter_render_samples(summary["tar"]))) == 4
+
+
+def test_fox_passes_the_filters_and_renders_through_the_pipeline(tmp_path, shared_assets):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(shared_assets / "Fox.glb", assets / "Fox.glb")
+    (assets / "Fox.glb.license").write_text("CC-BY-4.0\n")
+    cfg = _cfg(tmp_path, assets, ["render.resolution=48", "render.orbit.num_views=3", "render.num_frames=3"])
+    summary = render_shard(cfg, 0, num_cpus=1)
+    (row,) = read_manifest(Path(summary["manifest"]))
+    assert row["status"] == "rendered", row
+    assert row["num_vertices"] == 1728 and row["license"] == "CC-BY-4.0"
+    assert row["motion"] > cfg.curation.filters.min_motion
+    assert 1.0 <= row["scale_ratio"] < cfg.curation.filters.max_scale_ratio
+    (sample,) = list(iter_render_samples(summary["tar"]))
+    assert sample.meta["frames"]["action"] and len(sample.meta["frames"]["source_frames"]) == 3
+    for orbit in ("static", "dynamic"):
+        alpha = sample.images[orbit][..., 3] > 127  # (V, F, H, W)
+        coverage = alpha.mean(axis=(2, 3))
+        assert (coverage > 0.01).all(), coverage
+        assert not alpha[:, :, [0, -1], :].any() and not alpha[:, :, :, [0, -1]].any(), "touches the border"
+        # silhouettes change between frames of every view: the animation plays
+        assert all((alpha[v, 0] != alpha[v, 1]).any() for v in range(alpha.shape[0]))
