@@ -109,11 +109,20 @@ def load_train_state(ckpt: str | Path) -> dict[str, Any]:
     return torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def load_weights(path: str | Path, which: str = "model") -> dict[str, torch.Tensor]:
-    """Network weights from one of our checkpoint folders (`which`: model | ema) or a .safetensors file.
+def is_official_file(path: str | Path) -> bool:
+    """True for a .safetensors file in the official layout (keys ``model.diffusion_model.*``)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
 
-    A file in the official layout (keys ``model.diffusion_model.*``, sv4d2 or sv3d_p) is converted with
-    `model.convert`; a file of our own keys is returned as is.
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return any(k.startswith("model.diffusion_model.") for k in f.keys())
+
+
+def load_weights(path: str | Path, which: str = "model") -> dict[str, torch.Tensor]:
+    """Network weights (our keys) from one of our checkpoint folders (`which`: model | ema) or from a
+    .safetensors file of our keys. Official files go through `model.convert` (see `train.load_init_weights`).
     """
     from safetensors.torch import load_file
 
@@ -127,12 +136,9 @@ def load_weights(path: str | Path, which: str = "model") -> dict[str, torch.Tens
         return load_file(str(path / name))
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    sd = load_file(str(path))
-    if any(k.startswith("model.diffusion_model.") for k in sd):
-        from model import convert  # official layouts; imported lazily
-
-        return convert.convert_state_dict(sd)
-    return sd
+    if is_official_file(path):
+        raise ValueError(f"{path} is an official checkpoint: convert it with model.convert")
+    return load_file(str(path))
 
 
 def resolve_checkpoint(spec: str, checkpoints_root: str | Path) -> Path:

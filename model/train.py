@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from model.checkpoint import (
+    is_official_file,
     latest_checkpoint,
     load_train_state,
     load_weights,
@@ -186,20 +187,37 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def load_init_weights(net: SV4D2UNet, path: Path, which: str) -> None:
-    """Initialize `net` from a checkpoint folder or a safetensors file (ours or official, converted)."""
+    """Initialize `net` from one of our checkpoints, a safetensors file of our keys, or an official sv4d2 /
+    sv3d_p file (converted by `model.convert`; sv3d_p's missing frame layers start as identity with
+    alpha_f near zero, so the network initially equals the 3D model)."""
+    if is_official_file(path):
+        from safetensors.torch import load_file
+
+        from model import convert
+
+        reports: list[Any] = []
+        sd = convert.convert_state_dict(load_file(str(path)), config=net.config, report=reports)
+        rep = convert.apply_to_model(net, sd, source=reports[0].source)
+        log.info(
+            "initialized from official %s checkpoint %s: %d loaded, %d reshaped, %d new",
+            rep.source,
+            path,
+            rep.loaded,
+            len(reports[0].reshaped),
+            len(rep.initialized_new),
+        )
+        return
     sd = load_weights(path, which)
     own = net.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     bad_shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    if unexpected or bad_shape:
+    if unexpected or bad_shape or missing:
         raise ValueError(
-            f"init weights {path} do not fit the network: {len(unexpected)} unexpected keys "
-            f"(e.g. {unexpected[:3]}), shape mismatches {bad_shape[:3]}"
+            f"init weights {path} do not fit the network: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), shape mismatches {bad_shape[:3]}"
         )
-    net.load_state_dict(sd, strict=False)
-    if missing:
-        log.warning("init weights %s lack %d keys (kept at init), e.g. %s", path, len(missing), missing[:3])
+    net.load_state_dict(sd)
     log.info("initialized from %s (%s weights)", path, which)
 
 

@@ -197,3 +197,25 @@ def test_two_process_ddp_matches_single_process(tmp_path, shard_glob):
     worst = max((ws[k] - wd[k]).abs().max().item() for k in ws)
     print(f"max |single - ddp| weight difference: {worst:.3g}")
     assert worst < 1e-4, worst
+
+
+def test_init_from_an_official_sv3d_p_file(tmp_path):
+    """sv3d_p layout (renamed keys, no frame attention) -> our UNet; new frame layers get alpha_f ~ 0."""
+    from safetensors.torch import save_file
+
+    from model.convert import ours_to_official
+    from model.train import load_init_weights
+
+    torch.manual_seed(1)
+    src = build_unet("tiny")
+    frame = set(src.frame_attention_parameter_names())
+    official = {ours_to_official(k, "sv3d_p"): v for k, v in src.state_dict().items() if k not in frame}
+    assert any(".time_stack." in k for k in official)
+    save_file(official, str(tmp_path / "sv3d_p.safetensors"))
+    torch.manual_seed(2)
+    net = build_unet("tiny")
+    load_init_weights(net, tmp_path / "sv3d_p.safetensors", "model")
+    got = net.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in src.state_dict().items() if k not in frame)
+    alphas_f = [a_f for _, a_f in net.mix_alphas().values()]
+    assert alphas_f and max(alphas_f) < 0.01
