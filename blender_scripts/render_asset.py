@@ -43,6 +43,14 @@ from blender_scripts.normalize import normalization_from_bboxes
 log = logging.getLogger(__name__)
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process, all threads: wall time is unreliable on a shared machine."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def orbits_for_job(job: RenderJob) -> dict[str, Any]:
     """The job's camera orbits by name (deterministic: the dynamic orbit is seeded by job.seed)."""
     o = job.orbit
@@ -191,6 +199,7 @@ def render(job: RenderJob) -> dict[str, Any]:
     scene = bpy.context.scene
 
     t_render = time.perf_counter()
+    cpu_render = _cpu_seconds()
     images = 0
     with scene_io.captured_output(log_path):
         for fi, frame in enumerate(frames):
@@ -202,6 +211,7 @@ def render(job: RenderJob) -> dict[str, Any]:
                     bpy.ops.render.render(write_still=True)
                     images += 1
     t_end = time.perf_counter()
+    cpu_render = _cpu_seconds() - cpu_render
     missing = [
         f"{name}/v{vi:02d}_f{fi:02d}.png"
         for name, orbit in orbits.items()
@@ -241,6 +251,7 @@ def render(job: RenderJob) -> dict[str, Any]:
             "total_s": t_end - t_start,
             "images": images,
             "s_per_image": render_s / max(images, 1),
+            "render_cpu_s": cpu_render,
         },
     }
 
