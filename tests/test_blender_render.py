@@ -225,3 +225,63 @@ def test_bad_job_exits_2_and_help_exits_0(tmp_path):
         text=True,
     )
     assert helped.returncode == 0 and "JOB.json" in helped.stdout
+
+
+def alpha_centroid(a: np.ndarray) -> np.ndarray:
+    yy, xx = np.mgrid[0 : a.shape[0], 0 : a.shape[1]] + 0.5
+    return np.array([(a * xx).sum() / a.sum(), (a * yy).sum() / a.sum()])
+
+
+def test_global_offsets_counter_translate_the_asset(tmp_path):
+    # two nearly identical poses (a 0.01 s clip); the second frame is shifted by 1 world unit along +Y
+    offsets = [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    job = small_job(
+        FOX, tmp_path / "out", num_frames=2, clip_duration_s=0.01, orbits=["static"], global_offsets=offsets
+    )
+    job["orbit"]["num_views"] = 1  # azimuth 0: the camera on +X, image right = world +Y
+    proc = run_script("render_asset", job, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert res["global_offsets"] == offsets
+    scale = res["normalization"]["scale"]
+    c2w, K = np.array(res["cameras"]["static"]["c2w"][0]), np.array(res["K"])
+    expected = project(np.array([0.0, -scale, 0.0]), c2w, K) - project(np.zeros(3), c2w, K)
+    c0 = alpha_centroid(alpha(tmp_path / "out" / "static" / "v00_f00.png"))
+    c1 = alpha_centroid(alpha(tmp_path / "out" / "static" / "v00_f01.png"))
+    assert expected[0] < -5  # a visible shift to the left
+    np.testing.assert_allclose(c1 - c0, expected, atol=1.5)
+
+
+def write_hdr(path: Path, rgb: np.ndarray) -> None:
+    """A flat (uncompressed) Radiance RGBE .hdr file from float RGB (H, W, 3)."""
+    h, w, _ = rgb.shape
+    peak = rgb.max(axis=-1)
+    exp = np.where(peak > 1e-32, np.floor(np.log2(np.maximum(peak, 1e-32))) + 1, 0)
+    mant = np.where(peak[..., None] > 1e-32, rgb / np.exp2(exp)[..., None] * 256, 0)
+    rgbe = np.concatenate([np.clip(mant, 0, 255), np.where(peak > 1e-32, exp + 128, 0)[..., None]], -1)
+    header = f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {h} +X {w}\n".encode()
+    path.write_bytes(header + rgbe.astype(np.uint8).tobytes())
+
+
+def test_hdri_environment_rotation_moves_the_light(tmp_path):
+    hdr = tmp_path / "half.hdr"
+    env = np.full((16, 32, 3), 0.05, dtype=np.float64)
+    env[:, :16] = 2.0  # one half of the azimuths bright
+    write_hdr(hdr, env)
+    asset = tmp_path / "tetra.glb"
+    asset.write_bytes(tetrahedron_glb())
+    means = []
+    for rot in (0.0, 180.0):
+        out = tmp_path / f"rot{rot:.0f}"
+        environment = {"kind": "hdri", "path": str(hdr), "rotation_deg": rot, "strength": 1.0}
+        job = small_job(
+            asset, out, mode="static", orbits=["static"], orbit={"num_views": 1}, environment=environment
+        )
+        proc = run_script("render_asset", job, tmp_path, f"job{rot:.0f}.json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        res = json.loads((out / "result.json").read_text())
+        assert res["environment"]["rotation_deg"] == rot and res["environment"]["image_size"] == [32, 16]
+        img = np.array(Image.open(out / "static" / "v00_f00.png")).astype(np.float64)
+        mask = img[..., 3] > 250
+        means.append(img[mask, :3].mean())
+    assert abs(means[0] - means[1]) > 20, means
