@@ -29,8 +29,11 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
-        for n, p in _unwrap(model).named_parameters():
-            self.shadow[n].lerp_(p.detach().float(), 1.0 - d)
+        named = list(_unwrap(model).named_parameters())
+        shadow = [self.shadow[n] for n, _ in named]
+        params = [p.detach().float() for _, p in named]
+        # One fused kernel per tensor list instead of one launch per parameter (~1900 in the full UNet).
+        torch._foreach_lerp_(shadow, params, 1.0 - d)
         self.num_updates += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -94,3 +94,33 @@ def test_euler_sampler_recovers_a_point_mass_and_applies_guidance():
     )
     ramp = cfg_scale_ramp(2, 3)[None, :, :, None, None, None].expand(target.shape)
     torch.testing.assert_close(x, ramp)
+
+
+def test_sampler_zeroes_the_conditioning_in_the_unconditional_branch():
+    from model.sample import sample_latents
+
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, c_noise, cond, clip, polar, azimuth, cond_sigma, ref_latents, ref_mask):
+            calls.append((cond.abs().sum().item(), clip.abs().sum().item(), ref_mask.sum().item()))
+            assert x.shape == (1, 3, 2, 4, 8, 8) and cond.shape == (1, 3, 4, 8, 8)
+            return torch.zeros_like(x)
+
+    cond, clip = torch.randn(1, 3, 4, 8, 8), torch.randn(1, 3, 16)
+    polar, azim = torch.full((1, 2), math.pi / 2), torch.tensor([[1.0, 2.0]])
+    out = sample_latents(
+        Recorder(),
+        cond,
+        clip,
+        polar,
+        azim,
+        torch.randn(1, 2, 4, 8, 8),
+        num_steps=3,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.shape == (1, 3, 2, 4, 8, 8) and torch.isfinite(out).all()
+    assert len(calls) == 6  # 3 steps x (conditional, unconditional)
+    cond_calls, uncond_calls = calls[0::2], calls[1::2]
+    assert all(c[0] > 0 and c[1] > 0 and c[2] == 1 for c in cond_calls)
+    assert all(c == (0.0, 0.0, 0.0) for c in uncond_calls)
