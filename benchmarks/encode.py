@@ -80,6 +80,44 @@ def vae_moments(vae: torch.nn.Module) -> Callable[[torch.Tensor], tuple[torch.Te
     return fn
 
 
+class TwoStageGroupNorm(torch.nn.Module):
+    """GroupNorm (+ the same affine) for channels_last activations, written so Inductor can fuse it well.
+
+    Experimental (benchmark only): statistics in fp32 from 64 row chunks of the (B, H*W, C) view (a
+    coalesced reduction over rows), combined with Chan's formula; other inputs use F.group_norm.
+    """
+
+    def __init__(self, gn: torch.nn.GroupNorm) -> None:
+        super().__init__()
+        self.num_groups, self.eps, self.weight, self.bias = gn.num_groups, gn.eps, gn.weight, gn.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape if x.ndim == 4 else (0, 0, 0, 0)
+        if x.ndim != 4 or not x.is_contiguous(memory_format=torch.channels_last) or (H * W) % 64:
+            return torch.nn.functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        G, S = self.num_groups, 64
+        xv = x.permute(0, 2, 3, 1).reshape(B, S, H * W // S, G, C // G).float()
+        mean_c = xv.mean(dim=(2, 4))  # (B, S, G)
+        m2_c = ((xv - mean_c[:, :, None, :, None]) ** 2).sum(dim=(2, 4))
+        count = (H * W // S) * (C // G)
+        mean = mean_c.mean(1)
+        var = (m2_c.sum(1) + count * ((mean_c - mean[:, None]) ** 2).sum(1)) / (count * S)
+        y = (xv - mean[:, None, None, :, None]) * torch.rsqrt(var + self.eps)[:, None, None, :, None]
+        y = y.reshape(B, H, W, C) * self.weight + self.bias
+        return y.to(x.dtype).permute(0, 3, 1, 2)
+
+
+def use_two_stage_group_norm(module: torch.nn.Module) -> int:
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.GroupNorm):
+            setattr(module, name, TwoStageGroupNorm(child))
+            count += 1
+        else:
+            count += use_two_stage_group_norm(child)
+    return count
+
+
 def count_flops(fn: Callable, x: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -204,12 +242,14 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
         if args.out:  # progressive: a run stopped at its time limit keeps what it measured
             Path(args.out).write_text(json.dumps({"rows": rows, **extra}, indent=1))
 
-    def vae_variant(name, dtype, cl, compile_mode, batch, profile=False, need_s=0.0):
+    def vae_variant(name, dtype, cl, compile_mode, batch, profile=False, need_s=0.0, prepare=None):
         if over_budget(name, need_s):
             return None
         model = copy.deepcopy(vae32).to(dtype)
         if cl:
             model = model.to(memory_format=torch.channels_last)
+        if prepare is not None:
+            prepare(model)
         fn = vae_moments(model)
         t0 = time.monotonic()
         if compile_mode is not None:
@@ -250,28 +290,55 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
         return fn
 
     bf16, fp16 = torch.bfloat16, torch.float16
-    vae_variant("vae bf16 eager NCHW", bf16, False, None, 16)
-    vae_variant("vae bf16 eager channels_last", bf16, True, None, 16, profile=True)
-    vae_variant("vae fp16 eager channels_last", fp16, True, None, 16)
-    vae_variant("vae bf16 eager channels_last", bf16, True, None, 32)
-    clip_eager = clip_variant("clip bf16 eager", None, 32)
-    # compile in the faster of the two 16-bit formats (fp16 may get other cuDNN kernels)
-    eager = {r["variant"]: r["img_s"] for r in rows if r["batch"] == 16}
-    dtype = (
-        fp16
-        if eager.get("vae fp16 eager channels_last", 0) > eager.get("vae bf16 eager channels_last", 0)
-        else bf16
-    )
-    tag = "fp16" if dtype == fp16 else "bf16"
-    vae_comp = vae_variant(f"vae {tag} compiled channels_last", dtype, True, "", 32, profile=True)
-    clip_comp = clip_variant("clip bf16 compiled", "", 32)  # the pipeline's batch: no recompile
+    if args.variants == "fixes":
+        from curation.encoders import use_matmul_attention
+
+        def both(m):
+            use_matmul_attention(m)
+            use_two_stage_group_norm(m.encoder)
+
+        clip_eager = clip_variant("clip bf16 eager", None, 32)
+        vae_variant("vae bf16 compiled channels_last", bf16, True, "", 32)
+        att = vae_variant(
+            "vae bf16 compiled cl + matmul attention", bf16, True, "", 32, True, 0, use_matmul_attention
+        )
+        gn = vae_variant("vae bf16 compiled cl + matmul attn + 2-stage GN", bf16, True, "", 32, True, 0, both)
+        speeds = {r["variant"]: r["img_s"] for r in rows}
+        best = (
+            gn
+            if speeds.get("vae bf16 compiled cl + matmul attn + 2-stage GN", 0)
+            > speeds.get("vae bf16 compiled cl + matmul attention", 0)
+            else att
+        )
+        pairs = [(best, clip_eager, "pipeline bf16 compiled VAE (best) + eager CLIP")]
+        dtype = bf16
+    else:
+        pairs = None
+    if pairs is None:
+        vae_variant("vae bf16 eager NCHW", bf16, False, None, 16)
+        vae_variant("vae bf16 eager channels_last", bf16, True, None, 16, profile=True)
+        vae_variant("vae fp16 eager channels_last", fp16, True, None, 16)
+        vae_variant("vae bf16 eager channels_last", bf16, True, None, 32)
+        clip_eager = clip_variant("clip bf16 eager", None, 32)
+        # compile in the faster of the two 16-bit formats (fp16 may get other cuDNN kernels)
+        eager = {r["variant"]: r["img_s"] for r in rows if r["batch"] == 16}
+        dtype = (
+            fp16
+            if eager.get("vae fp16 eager channels_last", 0) > eager.get("vae bf16 eager channels_last", 0)
+            else bf16
+        )
+        tag = "fp16" if dtype == fp16 else "bf16"
+        vae_comp = vae_variant(f"vae {tag} compiled channels_last", dtype, True, "", 32, profile=True)
+        clip_comp = clip_variant("clip bf16 compiled", "", 32)  # the pipeline's batch: no recompile
 
     # the whole per-image work of an encoder actor: uint8 RGBA on the host -> fp16 mean/std/clip on the host
-    eager_vae = vae_moments(copy.deepcopy(vae32).to(dtype).to(memory_format=torch.channels_last))
-    for vae_fn, clip_fn, label in (
-        (vae_comp, clip_comp, f"pipeline {tag} compiled (H2D uint8 -> fp16 D2H)"),
-        (eager_vae, clip_eager, f"pipeline {tag} eager channels_last (H2D uint8 -> fp16 D2H)"),
-    ):
+    if pairs is None:
+        eager_vae = vae_moments(copy.deepcopy(vae32).to(dtype).to(memory_format=torch.channels_last))
+        pairs = [
+            (vae_comp, clip_comp, f"pipeline {tag} compiled (H2D uint8 -> fp16 D2H)"),
+            (eager_vae, clip_eager, f"pipeline {tag} eager channels_last (H2D uint8 -> fp16 D2H)"),
+        ]
+    for vae_fn, clip_fn, label in pairs:
         if vae_fn is None or clip_fn is None or over_budget(label):
             continue
         batch = 32
@@ -289,14 +356,15 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
         record(label, batch, time_calls(pipeline, host, iters=args.iters, warmup=2, cuda=cuda))
 
     # last and optional: Inductor's autotuning (long compile), only with time to spare
-    vae_variant(
-        f"vae {tag} max-autotune channels_last",
-        dtype,
-        True,
-        "max-autotune-no-cudagraphs",
-        32,
-        need_s=args.autotune_s,
-    )
+    if args.variants == "all":
+        vae_variant(
+            f"vae {tag} max-autotune channels_last",
+            dtype,
+            True,
+            "max-autotune-no-cudagraphs",
+            32,
+            need_s=args.autotune_s,
+        )
     if cuda:
         extra["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return rows, extra
@@ -316,6 +384,7 @@ def main() -> int:
         "--autotune-s", type=float, default=240, help="GPU: time a max-autotune compile needs"
     )
     parser.add_argument("--out", default="", help="write all numbers as JSON here")
+    parser.add_argument("--variants", choices=["all", "fixes"], default="all", help="GPU: which variant set")
     parser.add_argument(
         "--smoke", action="store_true", help="run the GPU code path on the CPU with tiny models"
     )

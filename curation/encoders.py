@@ -380,6 +380,48 @@ def describe_encoders(spec: EncoderSpec) -> dict[str, Any]:
     }
 
 
+class MatmulAttnProcessor:
+    """The VAE mid-block self-attention with explicit matmuls and an fp32 softmax.
+
+    Same function as diffusers' AttnProcessor2_0 for this block (no mask, no cross-attention); used on GPU
+    because SDPA has no fast kernel for its single head of dim 512 (flash attention stops at 256; the
+    memory-efficient fallback ran at ~120 TFLOP/s on an H100, see benchmarks/RESULTS_encode.md).
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
+        if encoder_hidden_states is not None or attention_mask is not None or attn.spatial_norm is not None:
+            raise ValueError("MatmulAttnProcessor handles plain self-attention only")
+        residual = hidden_states
+        b, c, h, w = hidden_states.shape
+        x = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        heads = attn.heads
+        d = q.shape[-1] // heads
+        q, k, v = (t.view(b, -1, heads, d).transpose(1, 2).reshape(b * heads, -1, d) for t in (q, k, v))
+        scores = torch.bmm(q, k.transpose(1, 2))
+        probs = (scores.float() * d**-0.5).softmax(dim=-1).to(q.dtype)
+        out = torch.bmm(probs, v).view(b, heads, -1, d).transpose(1, 2).reshape(b, -1, heads * d)
+        out = attn.to_out[1](attn.to_out[0](out))
+        out = out.transpose(1, 2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def use_matmul_attention(vae: torch.nn.Module) -> int:
+    """Switch every attention of the VAE to MatmulAttnProcessor; returns how many were switched."""
+    from diffusers.models.attention_processor import Attention
+
+    count = 0
+    for module in vae.modules():
+        if isinstance(module, Attention):
+            module.set_processor(MatmulAttnProcessor())
+            count += 1
+    return count
+
+
 @dataclass
 class EncodedImages:
     """Per-image encodings, float32 numpy: mean/std (N, 4, H/8, W/8) unscaled, clip (N, D)."""
@@ -407,6 +449,8 @@ class Encoders:
         self.latent_channels = int(self.vae.config.latent_channels)
         if spec.channels_last:
             self.vae = self.vae.to(memory_format=torch.channels_last)
+        if spec.device == "cuda":
+            use_matmul_attention(self.vae)
         self._vae_encode = self.vae.encode
         self._clip_forward = self.clip
         if spec.compile:

@@ -164,3 +164,16 @@ def test_missing_weights_give_errors_naming_the_path(tmp_path):
     spec = EncoderSpec(vae_path=str(missing), vae_subfolder="vae", clip_model="ViT-H-14", clip_pretrained="")
     with pytest.raises(EncoderWeightsError, match="no VAE at"):
         check_weights(spec)
+
+
+def test_matmul_attention_is_the_same_function(tiny_paths):
+    from curation.encoders import use_matmul_attention
+
+    vae = load_vae(tiny_paths["vae_path"])
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        want = vae.encode(x).latent_dist
+        assert use_matmul_attention(vae) == 2  # the encoder and decoder mid-blocks
+        got = vae.encode(x).latent_dist
+    torch.testing.assert_close(got.mean, want.mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.logvar, want.logvar, rtol=1e-5, atol=1e-5)
