@@ -305,6 +305,7 @@ class EncoderSpec:
     tiny: bool = False
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -334,6 +335,7 @@ def resolve_spec(cfg: Any, out_dir: str | Path, device: str) -> EncoderSpec:
         tiny=cfg.tiny,
         channels_last=cfg.channels_last,
         compile=cfg.compile and device == "cuda",
+        compile_mode=cfg.compile_mode,
     )
 
 
@@ -451,11 +453,18 @@ class Encoders:
             self.vae = self.vae.to(memory_format=torch.channels_last)
         if spec.device == "cuda":
             use_matmul_attention(self.vae)
-        self._vae_encode = self.vae.encode
-        self._clip_forward = self.clip
-        if spec.compile:
-            self._vae_encode = torch.compile(self.vae.encode)
-            self._clip_forward = torch.compile(self.clip)
+        self._moments = self._vae_moments
+        if spec.compile:  # the VAE only: the compiled CLIP tower ran slower than eager (RESULTS_encode.md)
+            mode = None if spec.compile_mode == "default" else spec.compile_mode
+            self._moments = torch.compile(self._vae_moments, mode=mode)
+
+    def _vae_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``vae.encode(x).latent_dist`` holds: posterior mean and clamped log-variance."""
+        h = self.vae.encoder(x)
+        if self.vae.quant_conv is not None:
+            h = self.vae.quant_conv(h)
+        mean, logvar = h.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
 
     def info(self) -> dict[str, Any]:
         """What the latent meta records about the encoders (`describe_encoders` of the spec)."""
@@ -464,15 +473,15 @@ class Encoders:
     @torch.inference_mode()
     def encode(self, rgba: np.ndarray | torch.Tensor) -> EncodedImages:
         """uint8 RGBA (N, H, W, 4) -> EncodedImages (float32); H, W multiples of 8."""
-        rgb = composite_on_white(rgba).to(self.device)
+        rgb = composite_on_white(torch.as_tensor(rgba).to(self.device))  # uint8 over the bus, not float
         x = vae_input(rgb).to(self.dtype)
         if self.spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dist = self._vae_encode(x).latent_dist
-        mean = dist.mean.float()
+        mean, logvar = self._moments(x)
+        mean = mean.float()
         # std from the clamped logvar in float32: exp in bf16 would lose precision for nothing
-        std = torch.exp(0.5 * dist.logvar.float())
-        emb = self._clip_forward(clip_preprocess(rgb, self.clip_size).to(self.dtype)).float()
+        std = torch.exp(0.5 * logvar.float())
+        emb = self.clip(clip_preprocess(rgb, self.clip_size).to(self.dtype)).float()
         return EncodedImages(mean=mean.cpu().numpy(), std=std.cpu().numpy(), clip=emb.cpu().numpy())
 
 
