@@ -57,6 +57,7 @@ class RenderJob:
     global_offsets: list[list[float]] | None = None
     static_frame: float | None = None
     max_points: int = 20000
+    crop_border: bool = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RenderJob:

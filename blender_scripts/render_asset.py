@@ -12,6 +12,8 @@ JOB.json (blender_scripts.job.RenderJob; defaults in brackets):
     samples [8], denoiser ["none"] | "OIDN" | "OPTIX", device ["CPU"] | "CUDA" | "OPTIX" | "auto",
     threads [1] (0 = all cores), adaptive_threshold [0 = off], max_bounces [4],
     seed [1234] (Cycles seed and the dynamic orbit's seed)
+    crop_border [true]: render only the object's projected bounding box (+3 px) of each image; the pixels
+        outside are transparent anyway, so the image is the same, 2-3x faster (see object_border)
     environment [{"kind": "sky", "strength": 1}] | {"kind": "hdri", "path", "rotation_deg", "strength"}
     global_offsets [null] | F triples: world offsets subtracted per rendered frame before normalization
     static_frame [null]: static mode on an animated asset poses it at this source frame
@@ -36,7 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from blender_scripts.cameras import blender_camera_matrix_world, dynamic_orbit, intrinsics, static_orbit
+from blender_scripts.cameras import (
+    blender_camera_matrix_world,
+    dynamic_orbit,
+    intrinsics,
+    project,
+    static_orbit,
+    world_to_camera,
+)
 from blender_scripts.job import RenderJob, run_cli
 from blender_scripts.normalize import normalization_from_bboxes
 
@@ -146,6 +155,38 @@ def configure_cycles(job: RenderJob) -> dict[str, Any]:
     }
 
 
+BORDER_MARGIN_PX = 3.0  # > the 1.5 px pixel filter's reach, plus rounding
+
+
+def object_border(
+    lo: np.ndarray, hi: np.ndarray, c2w: np.ndarray, K: np.ndarray, resolution: int
+) -> tuple[float, float, float, float] | None:
+    """Blender render border (min_x, max_x, min_y, max_y; fractions, y up) around a world box lo/hi (3,).
+
+    The projected box corners bound the silhouette (it lies in their convex hull). None when a corner is
+    (nearly) behind the camera, where the projection does not bound anything.
+    """
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    if (world_to_camera(corners, c2w)[:, 2] <= 0.05).any():
+        return None
+    uv = project(corners, c2w, K)
+    (u0, v0), (u1, v1) = uv.min(0) - BORDER_MARGIN_PX, uv.max(0) + BORDER_MARGIN_PX
+    clip = lambda x: float(min(max(x / resolution, 0.0), 1.0))  # noqa: E731
+    return clip(u0), clip(u1), clip(resolution - v1), clip(resolution - v0)
+
+
+def crop_is_exact(meshes: list[Any], camera: Any, root: Any) -> bool:
+    """Whether the asset meshes' boxes bound everything Cycles renders (no hair, particles, volumes...)."""
+    import bpy
+
+    allowed = set(meshes) | {camera, root}
+    for obj in bpy.data.objects:
+        if obj.hide_render or obj in allowed or obj.type in ("EMPTY", "ARMATURE", "LIGHT", "CAMERA"):
+            continue
+        return False
+    return not any(len(getattr(m, "particle_systems", ())) for m in meshes)
+
+
 def make_camera(fov_deg: float) -> Any:
     """A perspective camera with horizontal = vertical field of view `fov_deg` on a square image."""
     import bpy
@@ -188,12 +229,17 @@ def render(job: RenderJob) -> dict[str, Any]:
     scale, offset = normalization_from_bboxes(mins, maxs)
     scene_io.set_frame(float(frames[0]))
     num_vertices, num_faces = scene_io.mesh_counts(asset.meshes)
-    scene_io.add_root(frames, scale, offset, offsets)
+    root = scene_io.add_root(frames, scale, offset, offsets)
+    # the asset's box per frame in the rendered (normalized) world, for the render border
+    norm_lo, norm_hi = scale * (mins + offset), scale * (maxs + offset)
 
     settings = configure_cycles(job)
     env_used = setup_environment(job.environment)
     cam = make_camera(job.orbit.fov_deg)
     orbits = orbits_for_job(job)
+    K = intrinsics(job.orbit.fov_deg, job.resolution)
+    crop = bool(job.crop_border) and crop_is_exact(asset.meshes, cam, root)
+    settings["crop_border"] = crop
     for name in orbits:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
     scene = bpy.context.scene
@@ -207,6 +253,12 @@ def render(job: RenderJob) -> dict[str, Any]:
             for name, orbit in orbits.items():
                 for vi, c2w in enumerate(orbit.c2w):
                     cam.matrix_world = Matrix(blender_camera_matrix_world(c2w).tolist())
+                    border = object_border(norm_lo[fi], norm_hi[fi], c2w, K, job.resolution) if crop else None
+                    scene.render.use_border = border is not None
+                    scene.render.use_crop_to_border = False  # full-size image, transparent outside
+                    if border is not None:
+                        r = scene.render
+                        r.border_min_x, r.border_max_x, r.border_min_y, r.border_max_y = border
                     scene.render.filepath = str(out_dir / name / f"v{vi:02d}_f{fi:02d}.png")
                     bpy.ops.render.render(write_still=True)
                     images += 1
@@ -224,7 +276,6 @@ def render(job: RenderJob) -> dict[str, Any]:
             f"Cycles wrote no image for {missing[:5]} ({len(missing)} missing); see {log_path}"
         )
 
-    K = intrinsics(job.orbit.fov_deg, job.resolution)
     render_s = t_end - t_render
     return {
         "status": "ok",

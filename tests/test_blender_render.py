@@ -285,3 +285,17 @@ def test_hdri_environment_rotation_moves_the_light(tmp_path):
         mask = img[..., 3] > 250
         means.append(img[mask, :3].mean())
     assert abs(means[0] - means[1]) > 20, means
+
+
+def test_render_border_crop_changes_no_pixel(fox_render, tmp_path):
+    out_crop, res, _ = fox_render
+    assert res["render_settings"]["crop_border"] is True
+    out = tmp_path / "full"
+    job = small_job(FOX, out, uid="fox", orbits=["static"], crop_border=False)
+    job["orbit"]["num_views"] = 1  # static view 0 is the same camera as in the 3-view fixture
+    proc = run_script("render_asset", job, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "result.json").read_text())["render_settings"]["crop_border"] is False
+    for f in range(3):
+        name = f"static/v00_f{f:02d}.png"
+        np.testing.assert_array_equal(np.array(Image.open(out / name)), np.array(Image.open(out_crop / name)))
