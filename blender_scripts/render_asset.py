@@ -247,6 +247,8 @@ def render(job: RenderJob) -> dict[str, Any]:
     t_render = time.perf_counter()
     cpu_render = _cpu_seconds()
     images = 0
+    image_s: list[float] = []  # per image, in render order (frame-major, then orbit, then view)
+    image_cpu_s: list[float] = []
     with scene_io.captured_output(log_path):
         for fi, frame in enumerate(frames):
             scene_io.set_frame(float(frame))
@@ -260,7 +262,10 @@ def render(job: RenderJob) -> dict[str, Any]:
                         r = scene.render
                         r.border_min_x, r.border_max_x, r.border_min_y, r.border_max_y = border
                     scene.render.filepath = str(out_dir / name / f"v{vi:02d}_f{fi:02d}.png")
+                    t_img, cpu_img = time.perf_counter(), _cpu_seconds()
                     bpy.ops.render.render(write_still=True)
+                    image_s.append(time.perf_counter() - t_img)
+                    image_cpu_s.append(_cpu_seconds() - cpu_img)
                     images += 1
     t_end = time.perf_counter()
     cpu_render = _cpu_seconds() - cpu_render
@@ -303,6 +308,8 @@ def render(job: RenderJob) -> dict[str, Any]:
             "images": images,
             "s_per_image": render_s / max(images, 1),
             "render_cpu_s": cpu_render,
+            "image_s": image_s,
+            "image_cpu_s": image_cpu_s,
         },
     }
 
