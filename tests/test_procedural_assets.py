@@ -171,3 +171,38 @@ def test_same_seed_same_assets(assets, tmp_path):
 def test_unknown_name_is_rejected(tmp_path):
     proc = generate(tmp_path, 0, "unicorn")
     assert proc.returncode == 2 and "unicorn" in proc.stderr
+
+
+CONVERT = """
+import bpy, os, sys
+src, stem = sys.argv[1], sys.argv[2]
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.import_scene.gltf(filepath=src)
+bpy.ops.export_scene.gltf(
+    filepath=stem + ".gltf", export_format="GLTF_SEPARATE", export_animation_mode="ACTIVE_ACTIONS"
+)
+bpy.ops.export_scene.fbx(filepath=stem + ".fbx", bake_anim=True)
+bpy.ops.wm.obj_export(filepath=stem + ".obj")
+bpy.ops.wm.save_as_mainfile(filepath=stem + ".blend")
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_other_formats_import_with_their_animation(assets, tmp_path):
+    out, _, analyses = assets
+    stem = tmp_path / "articulated"
+    proc = subprocess.run(
+        [sys.executable, "-c", CONVERT, str(out / "articulated.glb"), str(stem)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reference = analyses["articulated"][1]["num_vertices"]
+    for ext, animated in ((".gltf", True), (".fbx", True), (".blend", True), (".obj", False)):
+        rc, info, data = analyze(stem.with_suffix(ext), tmp_path / f"an{ext}")
+        assert info["num_vertices"] == reference, ext
+        if animated:
+            assert rc == 0 and info["has_animation"] and relative_motion(data) > 0.05, (ext, info)
+        else:  # OBJ has no animation
+            assert rc == 3 and info["reason"] == "no_animation"
