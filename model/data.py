@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import random
 import re
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -349,9 +350,7 @@ def streaming_dataset(
         wds.split_by_node,
         wds.split_by_worker,
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        wds.shuffle(shuffle_buffer, rng=np.random.default_rng(base_seed))
-        if shuffle_buffer > 1
-        else (lambda s: s),
+        wds.shuffle(shuffle_buffer, rng=random.Random(base_seed)) if shuffle_buffer > 1 else (lambda s: s),
         make,
     )
 
