@@ -18,7 +18,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,8 @@ class Clip:
     frame_end: float
     fps: float
     actions_in_use: list[str]
+    unassigned_actions: list[str] = field(default_factory=list)
+    """Actions in the file that drive nothing (not rendered; named in the no_animation detail)."""
 
     @property
     def has_animation(self) -> bool:
@@ -220,7 +222,8 @@ def find_clip() -> Clip:
     fps = scene.render.fps / scene.render.fps_base
     actions = _active_actions()
     if not actions:
-        return Clip(None, float(scene.frame_start), float(scene.frame_end), fps, [])
+        unassigned = sorted(a.name for a in bpy.data.actions)
+        return Clip(None, float(scene.frame_start), float(scene.frame_end), fps, [], unassigned)
     ranges = [tuple(float(v) for v in a.frame_range) for a in actions]
     longest = max(range(len(actions)), key=lambda i: (ranges[i][1] - ranges[i][0], actions[i].name))
     start = min(r[0] for r in ranges)
@@ -354,9 +357,13 @@ def select_frames(
         frame = float(static_frame) if static_frame is not None else float(clip.frame_start)
         return np.array([frame]), np.zeros(1)
     if not clip.has_animation:
-        detail = (
-            "no action drives the asset" if clip.action is None else f"action {clip.action} has no duration"
-        )
+        if clip.action is not None:
+            detail = f"action {clip.action} has no duration"
+        elif clip.unassigned_actions:
+            names = clip.unassigned_actions[:5]
+            detail = f"no action drives the asset ({len(clip.unassigned_actions)} unassigned: {names})"
+        else:
+            detail = "no action drives the asset"
         raise AssetError("no_animation", detail)
     try:
         sample = sample_frames(clip.frame_start, clip.frame_end, clip.fps, num_frames, duration_s)
