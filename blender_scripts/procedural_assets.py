@@ -80,17 +80,18 @@ class _PartBuilder:
 
         self.bm = bmesh.new()
         self.bm.loops.layers.uv.new("UVMap")  # calc_uvs below fills it only if the layer exists
-        self.groups: dict[str, list[int]] = {}
+        # BMVert references, not indices: bmesh reuses the slots of vertices an op deletes (the UV sphere
+        # merges its poles), so new vertices are not appended in order and index ranges would be wrong
+        self.groups: dict[str, list[Any]] = {}
 
     def add(self, kind: str, matrix: Any, material: int = 0, group: str | None = None, **kw: Any) -> None:
         import bmesh
 
         bm = self.bm
-        nv, nf = len(bm.verts), len(bm.faces)
         if kind == "cube":
-            bmesh.ops.create_cube(bm, size=1.0, matrix=matrix, calc_uvs=True)
+            made = bmesh.ops.create_cube(bm, size=1.0, matrix=matrix, calc_uvs=True)
         elif kind == "sphere":
-            bmesh.ops.create_uvsphere(
+            made = bmesh.ops.create_uvsphere(
                 bm,
                 u_segments=kw.get("u", 16),
                 v_segments=kw.get("v", 8),
@@ -99,11 +100,11 @@ class _PartBuilder:
                 calc_uvs=True,
             )
         elif kind == "ico":
-            bmesh.ops.create_icosphere(
+            made = bmesh.ops.create_icosphere(
                 bm, subdivisions=kw.get("subdiv", 2), radius=0.5, matrix=matrix, calc_uvs=True
             )
         elif kind == "cone":  # radius1 at -z/2, radius2 at +z/2, depth 1
-            bmesh.ops.create_cone(
+            made = bmesh.ops.create_cone(
                 bm,
                 cap_ends=True,
                 segments=kw.get("segments", 12),
@@ -115,24 +116,25 @@ class _PartBuilder:
             )
         else:
             raise ValueError(f"unknown part kind {kind!r}")
-        bm.verts.ensure_lookup_table()
-        bm.faces.ensure_lookup_table()
-        for f in bm.faces[nf:]:
+        verts = [v for v in made["verts"] if v.is_valid]
+        for f in {f for v in verts for f in v.link_faces}:
             f.material_index = material
         if group is not None:
-            self.groups.setdefault(group, []).extend(range(nv, len(bm.verts)))
+            self.groups.setdefault(group, []).extend(verts)
 
     def to_object(self, name: str, materials: list[Any]) -> Any:
         import bpy
 
         mesh = bpy.data.meshes.new(name)
+        self.bm.verts.index_update()  # iteration order = the order to_mesh writes
+        groups = {g: sorted(v.index for v in verts) for g, verts in self.groups.items()}
         self.bm.to_mesh(mesh)
         self.bm.free()
         for m in materials:
             mesh.materials.append(m)
         obj = bpy.data.objects.new(name, mesh)
         bpy.context.scene.collection.objects.link(obj)
-        for gname, idx in self.groups.items():
+        for gname, idx in groups.items():
             vg = obj.vertex_groups.new(name=gname)
             vg.add(idx, 1.0, "REPLACE")
         return obj
@@ -201,7 +203,7 @@ def build_walker(rng: np.random.Generator) -> dict:
     parts = _PartBuilder()
     parts.add("cube", _trs((0, 0, hip_z + 0.1), (length, width, height)), 0, "body")
     parts.add("sphere", _trs((0.62, 0, hip_z + 0.3), (0.32, 0.3, 0.3)), 2, "body", u=16, v=8)
-    parts.add("cone", _trs((-0.62, 0, hip_z + 0.2), (0.3, 0.3, 0.4), (0, -60, 0)), 1, "body", r1=0.3, r2=0.05)
+    parts.add("cone", _trs((-0.62, 0, hip_z + 0.2), (1, 1, 0.4), (0, -60, 0)), 1, "body", r1=0.06, r2=0.02)
     hips = {
         "leg_fl": (0.35, 0.15),
         "leg_fr": (0.35, -0.15),
@@ -229,7 +231,9 @@ def build_walker(rng: np.random.Generator) -> dict:
     mod.object = arm
 
     frames = np.arange(1, n + 1)
-    phase = 2 * np.pi * 2 * (frames - 1) / (n - 1)  # two strides over the clip
+    # two strides over the clip; the phase offset keeps F uniform samples off the zero crossings (F = 4
+    # end-excluded samples of two strides would all land on legs at rest)
+    phase = 2 * np.pi * 2 * (frames - 1) / (n - 1) + np.pi / 3
     amp = math.radians(rng.uniform(25, 35))
     world_axis = Vector((0, 1, 0))  # legs swing forward/back in the XZ plane
     for name in hips:
