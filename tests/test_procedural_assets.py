@@ -92,6 +92,13 @@ def test_walker_is_skinned_and_drifts(assets):
     # legs move relative to the body: the motion is not a pure translation
     rel = data["positions"] - data["positions"].mean(1, keepdims=True)
     assert np.abs(rel - rel[:1]).max() > 0.05 * body_length
+    # the body, head and tail (everything above the hips, z > 0.65) are weighted to the body bone only:
+    # they translate rigidly with the drift while the legs swing
+    pos = data["positions"].astype(np.float64)
+    upper = pos[0, :, 2] > 0.65
+    assert upper.sum() > 50 and (~upper).sum() > 50
+    disp = pos[:, upper] - pos[:1, upper]  # (F, P_upper, 3)
+    assert np.abs(disp - disp.mean(1, keepdims=True)).max() < 1e-4
 
 
 def test_morph_changes_shape_not_place(assets):
