@@ -5,6 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 PROFILE ?= demo
 SHARD  ?= 0
+SHARD6  = $(shell printf %06d $(SHARD))
 export RAY_AUTH_MODE = disabled
 export HF_HUB_OFFLINE = 1
 
@@ -22,10 +23,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(PY) -m curation.render --profile $(PROFILE) --shard $(SHARD)
-	$(PY) -m shards.inspect outputs/$(PROFILE)/renders/shard-$(shell printf %06d $(SHARD)).tar
+	$(PY) -m shards.inspect outputs/$(PROFILE)/renders/shard-$(SHARD6).tar
 	$(PY) -m curation.render --profile $(PROFILE) --shard $(SHARD) --set render.mode=static
-	$(PY) -m shards.inspect outputs/$(PROFILE)/static/renders/shard-$(shell printf %06d $(SHARD)).tar
+	$(PY) -m shards.inspect outputs/$(PROFILE)/static/renders/shard-$(SHARD6).tar
 	$(PY) -m curation.report outputs/$(PROFILE)
+	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD)
+	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD) --set render.mode=static
+	$(PY) -m model.train --profile $(PROFILE)
+	@echo "demo done: outputs/$(PROFILE)/{renders,latents,contact_sheets,report,checkpoints}"
 
 render: $(STAMP)
 	$(PY) -m curation.render --profile $(PROFILE) --shard $(SHARD)

@@ -3,7 +3,8 @@
     python -m curation.encode_latents --profile demo [--set encode.batch_size=8] [--shard 0 --shard 3]
 
 Reads ``<out>/renders/shard-{N:06d}.tar`` and writes ``<out>/latents/shard-{N:06d}.tar`` (one latent shard
-per render shard, same sample keys, schema in `shards.latent_schema`) and
+per render shard; the static dataset's tree ``<out>/static/`` with ``--set render.mode=static``; same
+sample keys, schema in `shards.latent_schema`) and
 ``<out>/manifests/latents-{N:06d}.parquet`` (one row per sample: uid, status encoded | failed, reason, detail,
 num_images).
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from curation.encoders import EncoderSpec, check_weights, describe_encoders, resolve_spec
 from shards.latent_schema import LatentSample, encode_latent_sample
+from shards.layout import dataset_dir
 from shards.render_schema import SchemaError, decode_render_sample, image_field, png_load
 from shards.writer import ShardWriter, atomic_write_bytes
 
@@ -409,7 +411,8 @@ def encode_latents(
     import ray.data
     from tqdm import tqdm
 
-    out_dir = Path(cfg.out_dir)
+    # the static (orbit-only) dataset has its own tree; the tiny encoders stay shared under cfg.out_dir
+    out_dir = dataset_dir(cfg.out_dir, cfg.render.mode)
     enc_cfg = cfg.encode
     todo, done = pending_shards(out_dir, shards)
     for p in done:
@@ -419,7 +422,7 @@ def encode_latents(
         return []
     _init_ray()
     device = _device(enc_cfg.device)
-    spec = resolve_spec(enc_cfg, out_dir, device)
+    spec = resolve_spec(enc_cfg, cfg.out_dir, device)
     check_weights(spec)  # fail here, not in an actor, when weights are missing
     encoder_meta = describe_encoders(spec)
     log.info("encoding %d render shard(s) on %s (%s)", len(todo), device, spec.dtype)

@@ -36,13 +36,10 @@ from curation.pack import pack_render_dir
 from profiles import to_dict
 from profiles.load import add_profile_args, profile_from_args
 from profiles.schema import PipelineConfig
+from shards.layout import dataset_dir, shard_name
 from shards.writer import ShardWriter, atomic_write_bytes
 
 log = logging.getLogger("curation.render")
-
-
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:06d}"
 
 
 def shard_slice(records: list[Any], shard: int, per_shard: int) -> list[Any]:
@@ -55,11 +52,6 @@ def shard_slice(records: list[Any], shard: int, per_shard: int) -> list[Any]:
             f"shard {shard} is empty: {len(records)} assets make {count} shard(s) of {per_shard} each"
         )
     return records[shard * per_shard : (shard + 1) * per_shard]
-
-
-def dataset_dir(out_dir: Path, mode: str) -> Path:
-    """4D samples live under <out>, static (orbit-only, F = 1) samples in their own tree <out>/static."""
-    return Path(out_dir) / "static" if mode == "static" else Path(out_dir)
 
 
 def shard_paths(out_dir: Path, shard: int) -> dict[str, Path]:
