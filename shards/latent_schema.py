@@ -28,7 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from shards.render_schema import KEY_RE, ORBITS, REQUIRED_META, SchemaError, npy_bytes, npy_load
+from shards.render_schema import (
+    ORBITS,
+    REQUIRED_META,
+    SchemaError,
+    check_fields,
+    expect_array,
+    npy_bytes,
+    npy_load,
+    parse_meta,
+)
 
 LATENT_SCHEMA_VERSION = 1
 REQUIRED_ENCODER_META = (
@@ -65,35 +74,14 @@ class LatentSample:
         return float(self.meta["encoder"]["vae_scaling_factor"])
 
 
-def _expect(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: Any) -> None:
-    if arr.dtype != np.dtype(dtype):
-        raise SchemaError(f"{name}: dtype {arr.dtype}, expected {np.dtype(dtype)}")
-    if arr.shape != shape:
-        raise SchemaError(f"{name}: shape {arr.shape}, expected {shape}")
-    if not np.all(np.isfinite(arr)):
-        raise SchemaError(f"{name}: contains NaN or Inf")
-
-
 def _meta(raw: dict[str, Any]) -> dict[str, Any]:
-    if "meta.json" not in raw:
-        raise SchemaError("meta.json: missing")
-    value = raw["meta.json"]
-    try:
-        meta = json.loads(value) if isinstance(value, bytes | str) else dict(value)
-    except Exception as exc:
-        raise SchemaError(f"meta.json: not valid JSON ({exc})") from exc
-    missing = [k for k in (*REQUIRED_META, "encoder") if k not in meta]
-    if missing:
-        raise SchemaError(f"meta.json: missing keys {missing}")
+    meta = parse_meta(raw, (*REQUIRED_META, "encoder"))
     enc = meta["encoder"]
     if not isinstance(enc, dict):
         raise SchemaError("meta.json: encoder must be a mapping")
     missing = [k for k in REQUIRED_ENCODER_META if k not in enc]
     if missing:
         raise SchemaError(f"meta.json: encoder is missing keys {missing}")
-    orbits = meta["orbits"]
-    if not orbits or any(o not in ORBITS for o in orbits):
-        raise SchemaError(f"meta.json: orbits {orbits!r} must be a non-empty subset of {list(ORBITS)}")
     return meta
 
 
@@ -106,12 +94,8 @@ def expected_fields(meta: dict[str, Any]) -> set[str]:
 
 def decode_latent_sample(raw: dict[str, Any]) -> LatentSample:
     """Validate a raw latent sample (field -> bytes) and decode it; SchemaError names the offending field."""
-    key = raw.get("__key__")
-    if not isinstance(key, str) or not KEY_RE.match(key):
-        raise SchemaError(f"__key__: {key!r} is not a valid sample key ([A-Za-z0-9_-]+)")
     meta = _meta(raw)
-    if meta["uid"] != key:
-        raise SchemaError(f"meta.json: uid {meta['uid']!r} differs from __key__ {key!r}")
+    key = meta["uid"]
     V, F, R = int(meta["num_views"]), int(meta["num_frames"]), int(meta["resolution"])
     enc = meta["encoder"]
     down, C, D = int(enc["downsample"]), int(enc["latent_channels"]), int(enc["clip_dim"])
@@ -119,17 +103,10 @@ def decode_latent_sample(raw: dict[str, Any]) -> LatentSample:
         raise SchemaError(f"meta.json: resolution {R} is not a multiple of the VAE downsampling {down}")
     h = R // down
 
-    expected = expected_fields(meta)
-    present = {k for k in raw if not k.startswith("__") or k == "__key__"}
-    missing = sorted(expected - present)
-    if missing:
-        raise SchemaError(f"missing fields: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    extra = sorted(present - expected)
-    if extra:
-        raise SchemaError(f"unexpected fields: {extra[:5]}")
+    check_fields(raw, expected_fields(meta))
 
     intrinsics = npy_load(raw["intrinsics.npy"], "intrinsics.npy")
-    _expect(intrinsics, "intrinsics.npy", (3, 3), np.float32)
+    expect_array(intrinsics, "intrinsics.npy", (3, 3), np.float32)
     out: dict[str, dict[str, np.ndarray]] = {a: {} for a in ARRAY_FIELDS}
     shapes = {
         "latent_mean": ((V, F, C, h, h), np.float16),
@@ -142,7 +119,7 @@ def decode_latent_sample(raw: dict[str, Any]) -> LatentSample:
         for name, (shape, dtype) in shapes.items():
             fname = f"{orbit}.{name}.npy"
             arr = npy_load(raw[fname], fname)
-            _expect(arr, fname, shape, dtype)
+            expect_array(arr, fname, shape, dtype)
             out[name][orbit] = arr
         if np.any(out["latent_std"][orbit] < 0):
             raise SchemaError(f"{orbit}.latent_std.npy: negative standard deviations")

@@ -99,7 +99,8 @@ def png_load(data: bytes, name: str) -> np.ndarray:
         raise SchemaError(f"{name}: not a readable PNG ({exc})") from exc
 
 
-def _expect_array(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+def expect_array(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+    """Raise SchemaError naming `name` unless `arr` has exactly this dtype and shape and is finite."""
     if arr.dtype != np.dtype(dtype):
         raise SchemaError(f"{name}: dtype {arr.dtype}, expected {np.dtype(dtype)}")
     if arr.shape != shape:
@@ -108,7 +109,12 @@ def _expect_array(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: Any
         raise SchemaError(f"{name}: contains NaN or Inf")
 
 
-def _meta(raw: dict[str, Any]) -> dict[str, Any]:
+def parse_meta(raw: dict[str, Any], required: tuple[str, ...] = REQUIRED_META) -> dict[str, Any]:
+    """The sample's meta.json as a dict, with the `required` keys and a valid orbit list, and the sample
+    key checked against its uid."""
+    key = raw.get("__key__")
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise SchemaError(f"__key__: {key!r} is not a valid sample key ([A-Za-z0-9_-]+)")
     if "meta.json" not in raw:
         raise SchemaError("meta.json: missing")
     value = raw["meta.json"]
@@ -116,31 +122,19 @@ def _meta(raw: dict[str, Any]) -> dict[str, Any]:
         meta = json.loads(value) if isinstance(value, bytes | str) else dict(value)
     except Exception as exc:
         raise SchemaError(f"meta.json: not valid JSON ({exc})") from exc
-    missing = [k for k in REQUIRED_META if k not in meta]
+    missing = [k for k in required if k not in meta]
     if missing:
         raise SchemaError(f"meta.json: missing keys {missing}")
     orbits = meta["orbits"]
     if not orbits or any(o not in ORBITS for o in orbits):
         raise SchemaError(f"meta.json: orbits {orbits!r} must be a non-empty subset of {list(ORBITS)}")
+    if meta["uid"] != key:
+        raise SchemaError(f"meta.json: uid {meta['uid']!r} differs from __key__ {key!r}")
     return meta
 
 
-def decode_render_sample(raw: dict[str, Any], decode_images: bool = True) -> RenderSample:
-    """Validate a raw sample (field -> bytes) and decode it; raises SchemaError naming the bad field."""
-    key = raw.get("__key__")
-    if not isinstance(key, str) or not KEY_RE.match(key):
-        raise SchemaError(f"__key__: {key!r} is not a valid sample key ([A-Za-z0-9_-]+)")
-    meta = _meta(raw)
-    if meta["uid"] != key:
-        raise SchemaError(f"meta.json: uid {meta['uid']!r} differs from __key__ {key!r}")
-    V, F, R = int(meta["num_views"]), int(meta["num_frames"]), int(meta["resolution"])
-    if meta["mode"] == "static" and F != 1:
-        raise SchemaError(f"meta.json: static-mode samples have num_frames 1, got {F}")
-
-    expected = {"__key__", "meta.json", "intrinsics.npy"}
-    for orbit in meta["orbits"]:
-        expected |= {f"{orbit}.c2w.npy", f"{orbit}.angles.npy"}
-        expected |= {image_field(orbit, v, f) for v in range(V) for f in range(F)}
+def check_fields(raw: dict[str, Any], expected: set[str]) -> None:
+    """Raise SchemaError listing missing or unexpected fields (``__url__`` and other ``__`` keys aside)."""
     present = {k for k in raw if not k.startswith("__") or k == "__key__"}
     missing = sorted(expected - present)
     if missing:
@@ -149,19 +143,34 @@ def decode_render_sample(raw: dict[str, Any], decode_images: bool = True) -> Ren
     if extra:
         raise SchemaError(f"unexpected fields: {extra[:5]}")
 
+
+def decode_render_sample(raw: dict[str, Any], decode_images: bool = True) -> RenderSample:
+    """Validate a raw sample (field -> bytes) and decode it; raises SchemaError naming the bad field."""
+    meta = parse_meta(raw)
+    key = meta["uid"]
+    V, F, R = int(meta["num_views"]), int(meta["num_frames"]), int(meta["resolution"])
+    if meta["mode"] == "static" and F != 1:
+        raise SchemaError(f"meta.json: static-mode samples have num_frames 1, got {F}")
+
+    expected = {"__key__", "meta.json", "intrinsics.npy"}
+    for orbit in meta["orbits"]:
+        expected |= {f"{orbit}.c2w.npy", f"{orbit}.angles.npy"}
+        expected |= {image_field(orbit, v, f) for v in range(V) for f in range(F)}
+    check_fields(raw, expected)
+
     intrinsics = npy_load(raw["intrinsics.npy"], "intrinsics.npy")
-    _expect_array(intrinsics, "intrinsics.npy", (3, 3), np.float32)
+    expect_array(intrinsics, "intrinsics.npy", (3, 3), np.float32)
     images: dict[str, np.ndarray] = {}
     c2w: dict[str, np.ndarray] = {}
     angles: dict[str, np.ndarray] = {}
     for orbit in meta["orbits"]:
         c2w[orbit] = npy_load(raw[f"{orbit}.c2w.npy"], f"{orbit}.c2w.npy")
-        _expect_array(c2w[orbit], f"{orbit}.c2w.npy", (V, 4, 4), np.float32)
+        expect_array(c2w[orbit], f"{orbit}.c2w.npy", (V, 4, 4), np.float32)
         rot = c2w[orbit][:, :3, :3].astype(np.float64)
         if not np.allclose(rot @ rot.transpose(0, 2, 1), np.eye(3), atol=1e-4):
             raise SchemaError(f"{orbit}.c2w.npy: rotation part is not orthonormal")
         angles[orbit] = npy_load(raw[f"{orbit}.angles.npy"], f"{orbit}.angles.npy")
-        _expect_array(angles[orbit], f"{orbit}.angles.npy", (V, 3), np.float32)
+        expect_array(angles[orbit], f"{orbit}.angles.npy", (V, 3), np.float32)
         if decode_images:
             stack = np.empty((V, F, R, R, 4), np.uint8)
             for v in range(V):
