@@ -1,9 +1,9 @@
 """Where each stage's shards live under a profile's `out_dir` (one convention for every stage).
 
-    <out>/renders/shard-NNNNNN.tar      render samples (4D dataset)     curation.render
-    <out>/latents/shard-NNNNNN.tar      latent samples of render shard N curation.encode_latents
-    <out>/manifests/...                 per-shard manifests of both stages
-    <out>/static/...                    the same tree for the static (orbit-only, F = 1) 3D dataset
+<out>/renders/shard-NNNNNN.tar      render samples (4D dataset)     curation.render
+<out>/latents/shard-NNNNNN.tar      latent samples of render shard N curation.encode_latents
+<out>/manifests/...                 per-shard manifests of both stages
+<out>/static/...                    the same tree for the static (orbit-only, F = 1) 3D dataset
 """
 
 from __future__ import annotations
