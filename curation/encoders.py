@@ -8,6 +8,10 @@ Loading. Both load from local files only (no hub download can start, so nothing 
   ``open_clip_pytorch_model.bin`` (or .safetensors) of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``. Only the
   image tower (``model.visual``) is kept. A tag such as ``laion2b_s32b_b79k`` is refused: open_clip would try
   to download it.
+- Official checkpoint (``encode.official_checkpoint``): both come from one ``sv4d2.safetensors`` /
+  ``sv3d_p.safetensors``: the conditioner's VAE encoder and the first stage's decoder as one diffusers
+  AutoencoderKL, the conditioner's ViT-H-14 image tower (curation/official_weights.py; read key by key).
+  The pixel rules below are the same for every source.
 Tiny mode (demo, tests) first SAVES a small randomly initialized VAE (``save_pretrained``) and a small CLIP
 (open_clip state dict plus a model-config json) to disk and then loads them through the same two functions.
 
@@ -306,6 +310,10 @@ class EncoderSpec:
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"
+    official_checkpoint: str = ""
+    """When set: VAE and CLIP weights from this official .safetensors (vae_path/clip_pretrained unused)."""
+    official_vae_config: str = ""
+    """AutoencoderKL config json for the official path; empty: SD2.1 (official_weights.SD21_VAE_CONFIG)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -315,8 +323,23 @@ def resolve_spec(cfg: Any, out_dir: str | Path, device: str) -> EncoderSpec:
     """EncodeConfig + output folder + concrete device ("cpu" | "cuda") -> EncoderSpec.
 
     In tiny mode the tiny weights are created first (under ``cfg.tiny_dir`` or ``<out_dir>/encoders/tiny``).
+    With ``cfg.official_checkpoint`` both encoders come from that file (``clip_model``/``clip_model_config``
+    still name the CLIP architecture).
     """
-    if cfg.tiny:
+    official = getattr(cfg, "official_checkpoint", "")
+    if official and cfg.tiny:
+        raise ValueError("encode.official_checkpoint and encode.tiny exclude each other: set one of them")
+    if official:
+        paths = {
+            "vae_path": "",
+            "vae_subfolder": cfg.vae_subfolder,
+            "clip_model": cfg.clip_model,
+            "clip_pretrained": "",
+            "clip_model_config": cfg.clip_model_config,
+            "official_checkpoint": official,
+            "official_vae_config": getattr(cfg, "official_vae_config", ""),
+        }
+    elif cfg.tiny:
         tiny_dir = Path(cfg.tiny_dir).expanduser() if cfg.tiny_dir else Path(out_dir) / "encoders" / "tiny"
         paths = make_tiny_encoders(tiny_dir)
     else:
@@ -340,7 +363,20 @@ def resolve_spec(cfg: Any, out_dir: str | Path, device: str) -> EncoderSpec:
 
 
 def check_weights(spec: EncoderSpec) -> None:
-    """Fail fast (in the driver, before any worker starts) when a weight file is missing."""
+    """Fail fast (in the driver, before any worker starts) when a weight file is missing.
+
+    For an official checkpoint the file's header is checked too: every needed key, with its shape.
+    """
+    if spec.official_checkpoint:
+        from curation.official_weights import check_official_checkpoint
+
+        check_official_checkpoint(
+            spec.official_checkpoint,
+            spec.official_vae_config or None,
+            spec.clip_model,
+            spec.clip_model_config,
+        )
+        return
     _vae_source(spec.vae_path, spec.vae_subfolder)
     _clip_checkpoint(spec.clip_pretrained)
     if spec.clip_model_config and not Path(spec.clip_model_config).expanduser().is_file():
@@ -354,24 +390,36 @@ def describe_encoders(spec: EncoderSpec) -> dict[str, Any]:
     from diffusers import AutoencoderKL
 
     check_weights(spec)
-    vae_cfg = AutoencoderKL.load_config(
-        _vae_source(spec.vae_path, spec.vae_subfolder), subfolder=spec.vae_subfolder, local_files_only=True
-    )
+    if spec.official_checkpoint:
+        from curation.official_weights import vae_config
+
+        vae_cfg = vae_config(spec.official_vae_config or None)
+    else:
+        vae_cfg = AutoencoderKL.load_config(
+            _vae_source(spec.vae_path, spec.vae_subfolder),
+            subfolder=spec.vae_subfolder,
+            local_files_only=True,
+        )
     if spec.clip_model_config:
         open_clip.add_model_config(Path(spec.clip_model_config).expanduser())
     clip_cfg = open_clip.get_model_config(spec.clip_model)
     if clip_cfg is None:
         raise ValueError(f"unknown open_clip model {spec.clip_model!r}")
     size = clip_cfg["vision_cfg"].get("image_size", 224)
+    vae_name, clip_name = spec.vae_path, Path(spec.clip_pretrained).name
+    if spec.tiny:
+        vae_name = clip_name = "tiny-random"
+    elif spec.official_checkpoint:
+        vae_name = clip_name = f"official:{Path(spec.official_checkpoint).name}"
     return {
-        "vae": "tiny-random" if spec.tiny else spec.vae_path,
+        "vae": vae_name,
         "vae_subfolder": spec.vae_subfolder,
         "vae_scaling_factor": float(vae_cfg.get("scaling_factor", VAE_SCALING_FACTOR)),
         "latent_channels": int(vae_cfg.get("latent_channels", 4)),
         "downsample": 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1),
         "latents": "unscaled posterior mean and std; z = (mean + std * eps) * vae_scaling_factor",
         "clip_model": spec.clip_model,
-        "clip_pretrained": "tiny-random" if spec.tiny else Path(spec.clip_pretrained).name,
+        "clip_pretrained": clip_name,
         "clip_dim": int(clip_cfg["embed_dim"]),
         "clip_image_size": int(size[0] if isinstance(size, list | tuple) else size),
         "clip_preprocess": CLIP_PREPROCESS,
@@ -440,10 +488,23 @@ class Encoders:
         self.spec = spec
         self.device = torch.device(spec.device)
         self.dtype = _torch_dtype(spec.dtype)
-        self.vae = load_vae(spec.vae_path, spec.vae_subfolder, spec.device, spec.dtype)
-        self.clip = load_clip(
-            spec.clip_model, spec.clip_pretrained, spec.clip_model_config, spec.device, spec.dtype
-        )
+        self.load_reports: dict[str, Any] = {}
+        """Official path only: {"vae", "clip"} -> official_weights.LoadReport (keys read, unused keys)."""
+        if spec.official_checkpoint:
+            from curation.official_weights import load_official_clip, load_official_vae
+
+            self.vae, vae_report = load_official_vae(
+                spec.official_checkpoint, spec.official_vae_config or None, spec.device, spec.dtype
+            )
+            self.clip, clip_report = load_official_clip(
+                spec.official_checkpoint, spec.clip_model, spec.clip_model_config, spec.device, spec.dtype
+            )
+            self.load_reports = {"vae": vae_report, "clip": clip_report}
+        else:
+            self.vae = load_vae(spec.vae_path, spec.vae_subfolder, spec.device, spec.dtype)
+            self.clip = load_clip(
+                spec.clip_model, spec.clip_pretrained, spec.clip_model_config, spec.device, spec.dtype
+            )
         size = self.clip.image_size
         self.clip_size = int(size[0] if isinstance(size, tuple | list) else size)
         self.clip_dim = int(self.clip.output_dim)

@@ -182,6 +182,11 @@ class EncodeConfig:
     """Local open_clip checkpoint file (laion2b_s32b_b79k weights); empty: an error unless tiny."""
     clip_model_config: str = ""
     """Optional open_clip model-config json registered before creating `clip_model` (not for ViT-H-14)."""
+    official_checkpoint: str = ""
+    """Official sv4d2/sv3d_p .safetensors: take the VAE and CLIP weights from its conditioner and first stage
+    (curation/official_weights.py) instead of vae_path/clip_pretrained. Excludes `tiny`."""
+    official_vae_config: str = ""
+    """AutoencoderKL config json for `official_checkpoint` (empty: the SD2.1 VAE; other values for tests)."""
     tiny: bool = False
     """Use tiny randomly initialized encoders, saved to disk first and loaded through the same path."""
     tiny_dir: str = ""
@@ -209,6 +214,8 @@ class EncodeConfig:
             raise ValueError("encode.num_actors must be at least 1")
         if self.cpus_per_actor <= 0:
             raise ValueError("encode.cpus_per_actor must be positive")
+        if self.official_checkpoint and self.tiny:
+            raise ValueError("encode.official_checkpoint and encode.tiny exclude each other: set one of them")
 
 
 @dataclass
