@@ -276,7 +276,10 @@ class TrainConfig:
     """EDM trainer (model/train.py): optimizer, noise schedule, conditioning dropout, data, checkpoints."""
 
     stages: list[StageConfig] = field(
-        default_factory=lambda: [StageConfig(name="3d", num_frames=1, ref_mask_prob=1.0), StageConfig(name="4d")]
+        default_factory=lambda: [
+            StageConfig(name="3d", num_frames=1, ref_mask_prob=1.0),
+            StageConfig(name="4d"),
+        ]
     )
     """The progressive schedule, run in order; `--stage` runs one of them."""
     seed: int = 0
