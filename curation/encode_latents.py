@@ -411,6 +411,9 @@ def encode_latents(
     import ray.data
     from tqdm import tqdm
 
+    from profiles.load import absolute_paths
+
+    cfg = absolute_paths(cfg)  # shard paths and weights are opened in Ray workers, whose cwd may differ
     # the static (orbit-only) dataset has its own tree; the tiny encoders stay shared under cfg.out_dir
     out_dir = dataset_dir(cfg.out_dir, cfg.render.mode)
     enc_cfg = cfg.encode

@@ -34,7 +34,7 @@ from curation.asset_task import process_asset, read_done
 from curation.manifest import write_manifest
 from curation.pack import pack_render_dir
 from profiles import to_dict
-from profiles.load import add_profile_args, profile_from_args
+from profiles.load import absolute_paths, add_profile_args, profile_from_args
 from profiles.schema import PipelineConfig
 from shards.layout import dataset_dir, shard_name
 from shards.writer import ShardWriter, atomic_write_bytes
@@ -159,6 +159,7 @@ def render_shard(
     """Render shard `shard` of `cfg`'s asset list; returns a summary dict."""
     from curation import sources
 
+    cfg = absolute_paths(cfg)  # the workers' cwd is not ours on a cluster
     out_dir = dataset_dir(Path(cfg.out_dir), cfg.render.mode)
     paths = shard_paths(out_dir, shard)
     if not force and paths["tar"].is_file() and paths["manifest"].is_file():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,3 +79,38 @@ def add_profile_args(parser: argparse.ArgumentParser) -> None:
 
 def profile_from_args(args: argparse.Namespace) -> PipelineConfig:
     return load_profile(args.profile, args.overrides, args.pipelines)
+
+
+#: (section, field) of the folder and file knobs that Ray workers read; "" is the top level.
+_PATH_FIELDS = (
+    ("", "out_dir"),
+    ("assets", "local_dir"),
+    ("assets", "cache_dir"),
+    ("assets", "objaverse_annotations"),
+    ("curation.hdri", "library_dir"),
+    ("encode", "tiny_dir"),
+    ("encode", "clip_pretrained"),
+    ("encode", "clip_model_config"),
+    ("encode", "official_checkpoint"),
+    ("encode", "official_vae_config"),
+)
+
+
+def absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
+    """A copy of `cfg` whose folder and file knobs are absolute: `~` expanded, relative values resolved
+    against this process's working directory. Drivers call it before shipping the config to Ray workers,
+    whose working directory on a cluster is wherever `ray start` ran. Empty values stay empty;
+    `encode.vae_path` is resolved only when it names an existing local path (otherwise it is a hub id)."""
+    cfg = copy.deepcopy(cfg)
+
+    def absolute(value: str) -> str:
+        return str(Path(os.path.expanduser(value)).resolve()) if value else value
+
+    for section, name in _PATH_FIELDS:
+        node: Any = cfg
+        for part in section.split(".") if section else ():
+            node = getattr(node, part)
+        setattr(node, name, absolute(getattr(node, name)))
+    if cfg.encode.vae_path and Path(os.path.expanduser(cfg.encode.vae_path)).exists():
+        cfg.encode.vae_path = absolute(cfg.encode.vae_path)
+    return cfg

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from profiles import ConfigError, load_profile, profile_names, to_dict
@@ -61,3 +63,30 @@ def test_parse_override_yaml_values():
     assert parse_override("a=true") == (["a"], True)
     with pytest.raises(ConfigError):
         parse_override("novalue")
+
+
+def test_absolute_paths_for_workers_with_another_cwd(tmp_path, monkeypatch):
+    from profiles.load import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sd21").mkdir()
+    cfg = load_profile(
+        "demo",
+        [
+            "out_dir=outputs/x",
+            "assets.local_dir=assets",
+            "curation.hdri.library_dir=hdri",
+            "encode.vae_path=sd21",
+            "encode.clip_pretrained=~/clip.bin",
+        ],
+    )
+    got = absolute_paths(cfg)
+    assert got.out_dir == str(tmp_path / "outputs" / "x")
+    assert got.assets.local_dir == str(tmp_path / "assets")
+    assert got.curation.hdri.library_dir == str(tmp_path / "hdri")
+    assert got.encode.vae_path == str(tmp_path / "sd21")
+    assert got.encode.clip_pretrained == str(Path("~/clip.bin").expanduser())
+    assert got.encode.tiny_dir == "" and got.assets.objaverse_annotations == ""  # empty stays empty
+    assert cfg.out_dir == "outputs/x"  # the input is not modified
+    hub = absolute_paths(load_profile("demo", ["encode.vae_path=stabilityai/stable-diffusion-2-1"]))
+    assert hub.encode.vae_path == "stabilityai/stable-diffusion-2-1"  # a hub id, not a path

@@ -73,3 +73,27 @@ def test_manifest_round_trip_and_unknown_column(tmp_path):
     assert got[0]["num_images"] == 12 and got[1]["reason"] == "no_mesh" and got[1]["motion"] is None
     with pytest.raises(ValueError, match="bogus"):
         write_manifest(tmp_path / "m.parquet", [{"uid": "c", "status": "failed", "bogus": 1}])
+
+
+def test_render_shard_ships_absolute_paths_to_workers(tmp_path, monkeypatch):
+    """Ray workers on a cluster run in another cwd: the driver must hand them absolute paths."""
+    from curation import hdri, render, sources
+    from profiles import load_profile
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_profile("demo", ["out_dir=rel/out", "curation.hdri.library_dir=rel/hdri"])
+    record = sources.AssetRecord(uid="a", source="local", path=str(tmp_path / "a.glb"), license="cc0")
+    monkeypatch.setattr(sources, "list_assets", lambda _cfg: [record])
+    monkeypatch.setattr(hdri, "prepare_library", lambda *a, **k: [])
+    monkeypatch.setattr(render, "_init_ray", lambda *a: None)
+    seen = {}
+
+    def fake_run_tasks(records, cfg, work):
+        seen.update(cfg=cfg, work=work)
+        return [{"uid": "a", "source": "local", "status": "failed", "reason": "crash"}]
+
+    monkeypatch.setattr(render, "run_tasks", fake_run_tasks)
+    summary = render.render_shard(cfg, 0)
+    assert seen["work"] == tmp_path / "rel" / "out" / "work" / "shard-000000"
+    assert seen["cfg"].curation.hdri.library_dir == str(tmp_path / "rel" / "hdri")
+    assert summary["manifest"] == str(tmp_path / "rel" / "out" / "manifests" / "shard-000000.parquet")
