@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_CRASH, EXIT_BAD_JOB, EXIT_BAD_ASSET = 0, 1, 2, 3
+#: The orchestrator puts its pid here so that the script can die with it (`exit_with_parent`).
+PARENT_PID_ENV = "SV4D2_PARENT_PID"
 
 
 @dataclass
@@ -153,6 +156,26 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def exit_with_parent() -> None:
+    """Get SIGKILLed when the process that started us dies (Linux prctl PR_SET_PDEATHSIG).
+
+    The orchestrator starts each script in its own session (so that a timeout kills the whole group), which
+    also means that a killed Ray worker would leave Blender rendering on into a folder that the resumed run
+    renders into again. The parent's pid comes in $SV4D2_PARENT_PID; without it (a manual run) nothing
+    changes.
+    """
+    want = os.environ.get(PARENT_PID_ENV)
+    if not want or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != int(want):  # the parent died before the request took effect
+        os._exit(EXIT_CRASH)
+
+
 def failure(reason: str, detail: str, uid: str | None = None) -> dict:
     return {"status": "failed", "uid": uid, "reason": reason, "detail": detail}
 
@@ -164,10 +187,11 @@ def run_cli(argv: list[str] | None, description: str, result_name: str, work: An
     only when the run has finished, one way or another. Returns the exit code (module docstring).
     """
     import argparse
-    import sys
     import traceback
 
     from blender_scripts.scene_io import AssetError
+
+    exit_with_parent()
 
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter

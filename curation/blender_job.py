@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blender_scripts.job import PARENT_PID_ENV
+
 log = logging.getLogger(__name__)
 
 BAD_ASSET_EXIT = 3
@@ -82,6 +84,7 @@ def run_blender_script(
     outcome = JobOutcome(status="failed", reason="not_run")
     child_env = dict(os.environ, **(env or {}))
     child_env.setdefault("PYTHONUNBUFFERED", "1")
+    child_env[PARENT_PID_ENV] = str(os.getpid())  # the script dies with us (job.exit_with_parent)
     for attempt in range(1, retries + 2):
         result_path.unlink(missing_ok=True)
         with open(log_path, "a") as logf:

@@ -7,8 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+from blender_scripts.job import exit_with_parent
+
 
 def main() -> None:
+    exit_with_parent()  # as blender_scripts.job.run_cli does
     parser = argparse.ArgumentParser()
     parser.add_argument("--job", required=True)
     job = json.loads(Path(parser.parse_args().job).read_text())
@@ -16,6 +19,7 @@ def main() -> None:
     counter = out / "attempts.txt"
     n = int(counter.read_text()) + 1 if counter.exists() else 1
     counter.write_text(str(n))
+    (out / "pid.txt").write_text(str(os.getpid()))
     behaviour = job["behaviour"][min(n, len(job["behaviour"])) - 1]
     print(f"fake job attempt {n}: {behaviour}", flush=True)
     if behaviour == "ok":

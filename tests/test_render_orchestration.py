@@ -97,3 +97,44 @@ def test_render_shard_ships_absolute_paths_to_workers(tmp_path, monkeypatch):
     assert seen["work"] == tmp_path / "rel" / "out" / "work" / "shard-000000"
     assert seen["cfg"].curation.hdri.library_dir == str(tmp_path / "rel" / "hdri")
     assert summary["manifest"] == str(tmp_path / "rel" / "out" / "manifests" / "shard-000000.parquet")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_killed_worker_takes_its_blender_process_along(tmp_path):
+    """A killed Ray worker must not leave its Blender process rendering into the asset folder (it runs in
+    its own session, so nothing else would stop it before the resumed run starts another one there)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys; from pathlib import Path; from curation.blender_job import run_blender_script; "
+        "run_blender_script('tests.fake_job', {'out_dir': sys.argv[1], 'behaviour': ['hang']}, "
+        "Path(sys.argv[1]), 'result.json', timeout_s=60)"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=root)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "pid.txt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int((tmp_path / "pid.txt").read_text())
+    assert _alive(child)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert not _alive(child), "the job process outlived its worker"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
