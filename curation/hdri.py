@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from profiles.schema import HdriConfig
+from shards.writer import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +168,8 @@ def write_hdr(path: str | os.PathLike, rgb: np.ndarray, rle: bool = True) -> Pat
             parts.extend(_rle_channel(rgbe[y, :, c]) for c in range(4))
     else:
         parts.append(rgbe.tobytes())
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(b"".join(parts))
-    tmp.replace(path)
-    return path
+    # a temporary name per writer: concurrent jobs may generate the same demo map at once
+    return atomic_write_bytes(path, b"".join(parts))
 
 
 def read_exr(path: str | os.PathLike) -> np.ndarray:
@@ -305,9 +303,9 @@ def _load_cache(library: Path) -> dict[str, Any]:
 
 
 def _save_cache(library: Path, entries: dict[str, Any]) -> None:
-    tmp = library / f".{CACHE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True))
-    tmp.replace(library / CACHE_FILE)  # atomic: concurrent workers may race, each writes a whole file
+    # atomic: concurrent workers may race, each writes a whole file
+    payload = json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True)
+    atomic_write_bytes(library / CACHE_FILE, payload.encode())
 
 
 def scan_library(library_dir: str | os.PathLike) -> list[HdriEntry]:

@@ -135,3 +135,29 @@ def test_exr_maps(tmp_path):
     write_hdr(tmp_path / "sun.hdr", img)
     scores = {e.path.name: e.score for e in scan_library(tmp_path)}
     assert scores["sun.exr"] == pytest.approx(scores["sun.hdr"], rel=1e-2)
+
+
+def test_concurrent_writers_of_one_map_do_not_collide(tmp_path):
+    """Two render jobs may generate the same demo map at once: each writes its own temporary file."""
+    import threading
+
+    img = np.ones((32, 64, 3), np.float32)
+    errors = []
+    for trial in range(10):
+        barrier = threading.Barrier(4)
+
+        def write(trial=trial, barrier=barrier):
+            barrier.wait()
+            try:
+                write_hdr(tmp_path / f"m{trial}.hdr", img)
+            except OSError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        np.testing.assert_allclose(read_hdr(tmp_path / f"m{trial}.hdr"), img, rtol=1 / 256)
+    assert not errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"m{i}.hdr" for i in range(10)]  # no leftovers
