@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,8 +332,10 @@ def _list_local(cfg: AssetsConfig) -> list[AssetRecord]:
             ) from exc
     rels = [p.relative_to(root).as_posix() for p in files]
     base = [sanitize_uid(rel.rsplit(".", 1)[0]) for rel in rels]
-    uids = [b if base.count(b) == 1 else sanitize_uid(rel) for b, rel in zip(base, rels)]
-    uids = [u if uids.count(u) == 1 else f"{u}-{zlib.crc32(rel.encode()):08x}" for u, rel in zip(uids, rels)]
+    counts = Counter(base)  # list.count per file would be quadratic in a folder of 100k assets
+    uids = [b if counts[b] == 1 else sanitize_uid(rel) for b, rel in zip(base, rels)]
+    counts = Counter(uids)
+    uids = [u if counts[u] == 1 else f"{u}-{zlib.crc32(rel.encode()):08x}" for u, rel in zip(uids, rels)]
     records = []
     for path, rel, uid in zip(files, rels, uids):
         lic = _sidecar_license(path) or table.get(rel) or table.get(path.name) or table.get(uid)
