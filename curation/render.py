@@ -17,7 +17,8 @@ With --set render.mode=static (orbit-only samples, F = 1, for the 3D pre-trainin
 goes under <out>/static/.
 
 Running the same shard again resumes: finished assets are reused, the shard is rebuilt without
-duplicates; a shard whose tar and manifest both exist is skipped unless --force.
+duplicates; a shard whose tar and manifest both exist is skipped unless --force, which renders every
+asset of the shard again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from curation.asset_task import process_asset, read_done
+from curation.asset_task import DONE_FILE, process_asset, read_done
 from curation.manifest import write_manifest
 from curation.pack import pack_render_dir
 from profiles import to_dict
@@ -173,6 +174,10 @@ def render_shard(
     from curation.hdri import prepare_library
 
     prepare_library(cfg.curation.hdri, cfg.assets.seed)  # generate/score maps once, before the workers
+    if force:  # redo means redo: finished per-asset results (maybe from other settings) are not reused
+        paths["manifest"].unlink(missing_ok=True)  # so that a killed forced run is not taken as complete
+        for record in records:
+            (paths["work"] / record.uid / DONE_FILE).unlink(missing_ok=True)
     _init_ray(address, num_cpus)
     start = time.monotonic()
     rows = run_tasks(records, cfg, paths["work"])
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: the profile's out_dir)")
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto')")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
-    parser.add_argument("--force", action="store_true", help="redo a shard that is already complete")
+    parser.add_argument("--force", action="store_true", help="re-render the shard and all its assets")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every asset")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")

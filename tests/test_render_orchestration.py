@@ -138,3 +138,33 @@ def test_killed_worker_takes_its_blender_process_along(tmp_path):
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_force_redoes_the_assets_of_a_complete_shard(tmp_path, monkeypatch):
+    from curation import hdri, render, sources
+    from curation.asset_task import read_done
+    from profiles import load_profile
+
+    cfg = load_profile("demo", [f"out_dir={tmp_path}"])
+    record = sources.AssetRecord(uid="a", source="local", path=str(tmp_path / "a.glb"), license="cc0")
+    monkeypatch.setattr(sources, "list_assets", lambda _cfg: [record])
+    monkeypatch.setattr(hdri, "prepare_library", lambda *a, **k: [])
+    monkeypatch.setattr(render, "_init_ray", lambda *a: None)
+    paths = render.shard_paths(tmp_path, 0)
+    row = {"uid": "a", "source": "local", "status": "failed", "reason": "crash"}
+    (paths["work"] / "a").mkdir(parents=True)
+    (paths["work"] / "a" / "done.json").write_text('{"uid": "a", "status": "failed", "reason": "old"}')
+    seen = []
+
+    def fake_run_tasks(records, cfg, work):
+        seen.append(read_done(work / "a"))
+        assert not paths["manifest"].exists()  # a killed forced run must not look complete
+        return [dict(row)]
+
+    monkeypatch.setattr(render, "run_tasks", fake_run_tasks)
+    paths["tar"].parent.mkdir(parents=True)
+    paths["tar"].write_bytes(b"")
+    write_manifest(paths["manifest"], [row])
+    assert render.render_shard(cfg, 0)["skipped"] and not seen
+    render.render_shard(cfg, 0, force=True)
+    assert seen == [None], "--force reused a finished asset"
