@@ -30,14 +30,29 @@ def asset_seed(uid: str, seed: int) -> int:
     return (zlib.crc32(uid.encode()) ^ (seed * 0x9E3779B1)) & 0x7FFFFFFF
 
 
+#: Failures that another attempt may not repeat (the network, the machine, a timeout): a re-run of the
+#: shard tries these assets again, while decisions about the asset itself (bad file, filtered) stand.
+TRANSIENT_REASONS = frozenset({"fetch_error", "timeout", "crash", "worker_error", "missing_outputs"})
+
+
 def read_done(asset_dir: Path) -> dict[str, Any] | None:
+    """The asset's finished manifest row, or None when it must (still) be processed."""
+    from curation.manifest import COLUMNS
+
     path = asset_dir / DONE_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        row = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
+    if row.get("status") == "failed" and row.get("reason") in TRANSIENT_REASONS:
+        return None
+    unknown = set(row) - set(COLUMNS)
+    if unknown:  # written by another version of this code: keep what the manifest knows
+        log.warning("%s: ignoring unknown fields %s", path, sorted(unknown))
+        row = {k: v for k, v in row.items() if k in COLUMNS}
+    return row
 
 
 def _finish(asset_dir: Path, row: dict[str, Any], start: float) -> dict[str, Any]:

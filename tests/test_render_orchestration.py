@@ -168,3 +168,22 @@ def test_force_redoes_the_assets_of_a_complete_shard(tmp_path, monkeypatch):
     assert render.render_shard(cfg, 0)["skipped"] and not seen
     render.render_shard(cfg, 0, force=True)
     assert seen == [None], "--force reused a finished asset"
+
+
+def test_rerun_retries_transient_failures_but_keeps_decisions(tmp_path):
+    import json
+
+    from curation.asset_task import read_done
+
+    def done(name, row):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "done.json").write_text(json.dumps({"uid": name, "source": "local", **row}))
+        return d
+
+    assert read_done(done("t", {"status": "failed", "reason": "timeout"})) is None
+    assert read_done(done("f", {"status": "failed", "reason": "fetch_error"})) is None
+    assert read_done(done("b", {"status": "failed", "reason": "no_mesh"}))["reason"] == "no_mesh"
+    assert read_done(done("s", {"status": "filtered", "reason": "small_motion"}))["status"] == "filtered"
+    old = read_done(done("o", {"status": "rendered", "from_an_old_version": 1}))
+    assert old["status"] == "rendered" and "from_an_old_version" not in old
