@@ -1,7 +1,15 @@
 """Training-step benchmark of the full-size SV4D 2.0 UNet (not part of the test suite; needs a CUDA GPU).
 
     python benchmarks/train_step.py --batch 1 2 --checkpointing on        # 576x576: 72x72 latents, V=4, F=12
-    python benchmarks/train_step.py --batch 2 --checkpointing on off --compile
+    python benchmarks/train_step.py --batch 2 --checkpointing on off --compile          # whole-UNet compile
+    python benchmarks/train_step.py --runs regional:2 none:2 regional:1 --min-compile-tokens 324
+
+``--compile`` takes one or more of ``none`` (eager), ``full`` (torch.compile of the whole UNet) and
+``regional`` (model.compile.compile_blocks: one compiled graph per ResBlock / transformer-step shape,
+activation checkpointing unchanged); ``--runs`` lists configurations explicitly as COMPILE:BATCH[:CKPT]
+in the order to run them. Results are printed and written to train_step.json after every configuration, so a
+run cut off by a time limit keeps what it measured; ``--deadline`` skips configurations that would not finish
+in time (estimated from the ones already run).
 
 One step is exactly the trainer's (model/train.py): EDM loss through `training_loss` under bf16 autocast
 (fp32 master weights), backward, global-norm clipping, fused AdamW, EMA update. Reported per configuration:
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
@@ -24,9 +33,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.compile import compile_blocks, uncompile_blocks  # noqa: E402
 from model.config import get_config  # noqa: E402
 from model.ema import EMA  # noqa: E402
 from model.flops import count_flops  # noqa: E402
@@ -34,6 +45,7 @@ from model.train import configure_stage, param_groups, training_loss  # noqa: E4
 from model.unet import build_unet  # noqa: E402
 
 H100_BF16_DENSE = 989.4e12
+COMPILE_MODES = ("none", "full", "regional")
 
 
 def synthetic_batch(b: int, f: int, v: int, hw: int, clip_dim: int, device: torch.device) -> dict:
@@ -59,11 +71,18 @@ def synthetic_batch(b: int, f: int, v: int, hw: int, clip_dim: int, device: torc
     }
 
 
-def bench(net, ema, opt, batch, steps: int, warmup: int, device, fwd) -> list[float]:
-    times = []
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(net, ema, opt, batch, steps: int, warmup: int, device, fwd, label: str = "", t0: float = 0.0):
+    """Run warmup + steps training steps; returns (warmup steps' seconds, timed steps' seconds), each
+    printed as it finishes."""
+    warm, times = [], []
     trainable = [p for p in net.parameters() if p.requires_grad]
     for i in range(warmup + steps):
-        torch.cuda.synchronize()
+        _sync(device)
         t = time.perf_counter()
         loss, _ = training_loss(fwd, batch, device, torch.bfloat16)
         loss.backward()
@@ -71,10 +90,32 @@ def bench(net, ema, opt, batch, steps: int, warmup: int, device, fwd) -> list[fl
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(net)
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
+        _sync(device)
+        dt = time.perf_counter() - t
+        kind = "warmup" if i < warmup else "step"
+        print(
+            f"  [{time.perf_counter() - t0:6.1f} s] {label} {kind} {i}: {dt:.3f} s (loss {loss.item():.4f})",
+            flush=True,
+        )
+        (times if i >= warmup else warm).append(dt)
+    return warm, times
+
+
+def parse_runs(runs: list[str], default_ckpt: list[str]) -> list[tuple[str, int, str]]:
+    """COMPILE:BATCH[:CKPT] items -> (compile, batch, checkpointing)."""
+    out = []
+    for item in runs:
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or parts[0] not in COMPILE_MODES or not parts[1].isdigit():
+            raise SystemExit(
+                f"--runs item {item!r} is not COMPILE:BATCH[:on|off] with COMPILE in {COMPILE_MODES}"
+            )
+        ckpts = [parts[2]] if len(parts) == 3 else default_ckpt
+        for c in ckpts:
+            if c not in ("on", "off"):
+                raise SystemExit(f"--runs item {item!r}: checkpointing must be on or off")
+            out.append((parts[0], int(parts[1]), c))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,22 +126,66 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--size", type=int, default=576, help="image size (latents are size/8)")
     p.add_argument("--checkpointing", nargs="+", choices=["on", "off"], default=["on"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument(
+        "--compile",
+        nargs="*",
+        choices=COMPILE_MODES,
+        default=["none"],
+        help="none (eager), full (torch.compile of the whole UNet), regional (per block); "
+        "a bare --compile means full",
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        help="explicit configurations COMPILE:BATCH[:on|off], run in this order (overrides --compile, "
+        "--batch and, where given, --checkpointing)",
+    )
+    p.add_argument(
+        "--min-compile-tokens",
+        type=int,
+        default=0,
+        help="regional: regions with fewer tokens per image (H*W) stay eager (324 skips the 9x9 level)",
+    )
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: Inductor default)")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds since start: skip a configuration whose estimated time would end past it",
+    )
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak", type=float, default=H100_BF16_DENSE, help="peak FLOP/s for MFU")
+    p.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for smoke tests")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for train_step.json")
     args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stdout, format="  [%(relativeCreated)7.0f ms] %(name)s: %(message)s"
+    )
+    logging.getLogger("model.compile").setLevel(logging.INFO)
 
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/train_step.py needs a CUDA GPU")
-    device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
+    compile_modes = args.compile or ["full"]
+    if args.runs:
+        runs = parse_runs(args.runs, args.checkpointing)
+    else:
+        runs = [(c, b, k) for c in compile_modes for k in args.checkpointing for b in args.batch]
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("benchmarks/train_step.py needs a CUDA GPU")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        device_name = torch.cuda.get_device_name()
+    else:
+        device_name = device.type
     hw = args.size // 8
     cfg = get_config(args.unet)
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    print(f"device: {device_name}, torch {torch.__version__}", flush=True)
+    print(f"configurations: {runs}", flush=True)
 
     torch.manual_seed(0)
     net = build_unet(cfg, device=device)
@@ -108,50 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in net.parameters())
     ema = EMA(net, 0.9999)
     opt = torch.optim.AdamW(param_groups(net, 0.01), lr=1e-5, fused=True)
-    fwd = torch.compile(net) if args.compile else net
-    print(f"params {n_params:,}; weights+EMA+Adam allocated {torch.cuda.memory_allocated() / 2**30:.1f} GiB")
+    full_compiled = None
+    if device.type == "cuda":
+        print(
+            f"params {n_params:,}; weights+EMA+Adam allocated {torch.cuda.memory_allocated() / 2**30:.1f} GiB"
+        )
 
-    results = []
-    for ckpt in args.checkpointing:
-        net.gradient_checkpointing = ckpt == "on"
-        for b in args.batch:
-            flops = count_flops(
-                cfg, batch=b, frames=args.frames, views=args.views, latent_hw=(hw, hw), train=True
-            )
-            batch = synthetic_batch(b, args.frames, args.views, hw, cfg.context_dim, device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            row = {"batch": b, "checkpointing": ckpt, "compile": args.compile, "train_flops": flops.train}
-            try:
-                times = bench(net, ema, opt, batch, args.steps, args.warmup, device, fwd)
-            except torch.OutOfMemoryError:
-                opt.zero_grad(set_to_none=True)
-                row["oom"] = True
-                print(f"batch {b}, checkpointing {ckpt}: out of memory", flush=True)
-                results.append(row)
-                continue
-            t = statistics.median(times)
-            achieved = flops.train / t
-            hw_flops = flops.train + (flops.forward if ckpt == "on" else 0.0)
-            row.update(
-                step_s=t,
-                step_times=times,
-                peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
-                reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
-                tflops=achieved / 1e12,
-                mfu=achieved / args.peak,
-                hfu=hw_flops / t / args.peak,
-            )
-            print(
-                f"batch {b}, checkpointing {ckpt}, compile {args.compile}: step {t:.3f} s, "
-                f"peak {row['peak_mem_gib']:.1f} GiB, {row['tflops']:.0f} TFLOP/s, MFU {row['mfu']:.1%}, "
-                f"HFU {row['hfu']:.1%}",
-                flush=True,
-            )
-            results.append(row)
-            del batch
     summary = {
-        "device": torch.cuda.get_device_name(),
+        "device": device_name,
         "torch": torch.__version__,
         "unet": args.unet,
         "params": n_params,
@@ -159,11 +208,125 @@ def main(argv: list[str] | None = None) -> int:
         "views": args.views,
         "latent_hw": hw,
         "peak_flops": args.peak,
-        "results": results,
+        "min_compile_tokens": args.min_compile_tokens,
+        "compile_mode": args.compile_mode,
+        "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+        "results": [],
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    results = summary["results"]
+    flops_cache: dict[int, object] = {}
+    # For --deadline: measured steady step time per (compile, batch) and compile overhead per compile kind.
+    step_est: dict[tuple[str, int], float] = {}
+    compile_est: dict[str, float] = {}
+    compiled_batches: set[tuple[str, int, str]] = set()
+
+    for mode, b, ckpt in runs:
+        label = f"[{mode} b{b} ckpt {ckpt}]"
+        row: dict = {"batch": b, "checkpointing": ckpt, "compile": mode}
+        if args.deadline is not None:
+            # Seconds per step: measured for this configuration, else the same compile kind at another
+            # batch (scaled), else any measured one scaled with a margin (eager is slower than compiled).
+            same = [v * b / bb for (m, bb), v in step_est.items() if m == mode]
+            other = [1.5 * v * b / bb for (m, bb), v in step_est.items()]
+            per_step = step_est.get((mode, b)) or max(same or other or [0.0])
+            need = (args.warmup + args.steps) * per_step
+            if mode != "none" and (mode, b, ckpt) not in compiled_batches:
+                need += compile_est.get(mode, 0.0)
+            elapsed = time.perf_counter() - t0
+            if elapsed + need > args.deadline:
+                row["skipped"] = (
+                    f"deadline: {elapsed:.0f} s elapsed + ~{need:.0f} s estimated > {args.deadline:.0f} s"
+                )
+                print(f"{label} skipped ({row['skipped']})", flush=True)
+                results.append(row)
+                continue
+        if mode == "regional":
+            n = compile_blocks(net, mode=args.compile_mode, min_tokens=args.min_compile_tokens)
+            fwd = net
+            print(f"{label} regional compile: {n} new regions wrapped", flush=True)
+        else:
+            uncompile_blocks(net)
+            if mode == "full":
+                if full_compiled is None:
+                    kw = {"mode": args.compile_mode} if args.compile_mode else {}
+                    full_compiled = torch.compile(net, **kw)
+                fwd = full_compiled
+            else:
+                fwd = net
+        net.gradient_checkpointing = ckpt == "on"
+        if b not in flops_cache:
+            flops_cache[b] = count_flops(
+                cfg, batch=b, frames=args.frames, views=args.views, latent_hw=(hw, hw), train=True
+            )
+        flops = flops_cache[b]
+        row["train_flops"] = flops.train
+        batch = synthetic_batch(b, args.frames, args.views, hw, cfg.context_dim, device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        graphs0 = counters["stats"]["unique_graphs"]
+        print(f"[{time.perf_counter() - t0:6.1f} s] {label} start", flush=True)
+        warm: list[float] = []
+        times: list[float] = []
+        try:
+            warm, times = bench(net, ema, opt, batch, args.steps, args.warmup, device, fwd, label, t0)
+        except Exception as e:  # OOM, compile failure: record and go on with the next configuration
+            opt.zero_grad(set_to_none=True)
+            msg = str(e).strip().splitlines()
+            row["error"] = f"{type(e).__name__}: {msg[0] if msg else ''}"[:500]
+            row["oom"] = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e)
+            print(f"{label} FAILED: {row['error']}", flush=True)
+        row["new_graphs"] = counters["stats"]["unique_graphs"] - graphs0
+        row["graph_breaks"] = sum(counters["graph_break"].values())
+        if times:
+            t = statistics.median(times)
+            achieved = flops.train / t
+            hw_flops = flops.train + (flops.forward if ckpt == "on" else 0.0)
+            row.update(step_s=t, step_times=times, tflops=achieved / 1e12, mfu=achieved / args.peak)
+            row["hfu"] = hw_flops / t / args.peak
+            if device.type == "cuda":
+                row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                row["reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+            step_est[(mode, b)] = t
+            compiled_batches.add((mode, b, ckpt))
+            # The first warmup step is compile + one step (+ cudnn autotuning, also in eager).
+            row["warmup_times"] = warm
+            if warm:
+                row["first_step_s"] = warm[0]
+                if mode != "none":
+                    compile_est[mode] = max(compile_est.get(mode, 0.0), warm[0] - t)
+            print(
+                f"{label} step {t:.3f} s, peak {row.get('peak_mem_gib', 0):.1f} GiB allocated "
+                f"({row.get('reserved_gib', 0):.1f} reserved), {row['tflops']:.0f} TFLOP/s, "
+                f"MFU {row['mfu']:.1%}, HFU {row['hfu']:.1%}, {row['new_graphs']} new graphs, "
+                f"{row['graph_breaks']} graph breaks",
+                flush=True,
+            )
+        results.append(row)
+        (out / "train_step.json").write_text(json.dumps(summary, indent=2))
+        del batch
+
+    print(
+        "\n| compile | batch | ckpt | step time | peak alloc | reserved | TFLOP/s | MFU | HFU |", flush=True
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if "step_s" in r:
+            print(
+                f"| {r['compile']} | {r['batch']} | {r['checkpointing']} | {r['step_s']:.3f} s | "
+                f"{r.get('peak_mem_gib', 0):.1f} GiB | {r.get('reserved_gib', 0):.1f} GiB | "
+                f"{r['tflops']:.0f} | "
+                f"{r['mfu']:.1%} | {r['hfu']:.1%} |"
+            )
+        else:
+            print(
+                f"| {r['compile']} | {r['batch']} | {r['checkpointing']} | "
+                f"{r.get('error') or r.get('skipped')} |"
+            )
     (out / "train_step.json").write_text(json.dumps(summary, indent=2))
+    print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
 

@@ -267,7 +267,10 @@ class SpatioTemporalTransformer(nn.Module):
             if ctx.frame_attention:
                 h = self._ckpt(self._frame_step, i, h, femb, motion_ctx, b, f, v)
         h = self.proj_out(h)
-        return h.view(n, hh, ww, c).permute(0, 3, 1, 2) + x
+        # x first: the sum takes x's (contiguous NCHW) layout instead of the permuted tokens' channels-last
+        # one, so the next ResBlock's GroupNorm / convolutions see the same layout at every block (no
+        # layout copies in eager, one compiled graph per shape under model.compile). Same values.
+        return x + h.view(n, hh, ww, c).permute(0, 3, 1, 2)
 
     def _ckpt(self, fn, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
