@@ -335,12 +335,16 @@ def run_stage(
             )
         log.info("resumed stage %s at step %d from %s", stage.name, step, resume_ckpt)
 
+    if tcfg.compile == "regional" and device.type == "cuda":
+        from model.compile import compile_blocks
+
+        log.info("regional compile: %d blocks", compile_blocks(net, min_tokens=tcfg.compile_min_tokens))
     model: nn.Module = net
     if di.distributed:
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
-    fwd = torch.compile(model) if (tcfg.compile and device.type == "cuda") else model
+    fwd = torch.compile(model) if (tcfg.compile == "full" and device.type == "cuda") else model
 
     spec = spec_from_config(tcfg, stage)
     urls = expand_urls(stage.data, out_dir) if stage.data else []
