@@ -435,7 +435,7 @@ class MatmulAttnProcessor:
 
     Same function as diffusers' AttnProcessor2_0 for this block (no mask, no cross-attention); used on GPU
     because SDPA has no fast kernel for its single head of dim 512 (flash attention stops at 256; the
-    memory-efficient fallback ran at ~120 TFLOP/s on an H100, see benchmarks/RESULTS_encode.md).
+    memory-efficient fallback ran at ~120 TFLOP/s on an H100, see benchmarks/RESULTS.md).
     """
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
@@ -515,7 +515,7 @@ class Encoders:
         if spec.device == "cuda":
             use_matmul_attention(self.vae)
         self._moments = self._vae_moments
-        if spec.compile:  # the VAE only: the compiled CLIP tower ran slower than eager (RESULTS_encode.md)
+        if spec.compile:  # the VAE only: the compiled CLIP tower ran slower than eager (RESULTS.md)
             mode = None if spec.compile_mode == "default" else spec.compile_mode
             self._moments = torch.compile(self._vae_moments, mode=mode)
 

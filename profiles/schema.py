@@ -205,7 +205,7 @@ class EncodeConfig:
     compile: bool = False
     """torch.compile the VAE in each GPU actor (ignored on CPU); the CLIP tower stays eager (faster)."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
-    """max-autotune: +23% VAE throughput on an H100 for a ~5 min compile per actor (RESULTS_encode.md)."""
+    """max-autotune: +23% VAE throughput on an H100 for a ~5 min compile per actor (RESULTS.md)."""
 
     def validate(self) -> None:
         if self.batch_size < 1:
