@@ -120,6 +120,13 @@ _ATTN_RENAMES = {
 _TOP_RENAMES = {"conv_norm_out": "norm_out"}
 
 
+def _ldm_resnet_param(name: str) -> str:
+    """A diffusers ResnetBlock2D parameter name as LDM names it (conv_shortcut -> nin_shortcut...)."""
+    for old, new in _RESNET_RENAMES:
+        name = name.replace(old, new)
+    return name
+
+
 def _ldm_vae_key(key: str, num_up: int) -> str:
     m = re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out|conv_norm_out)\.(weight|bias)", key)
     if m:
@@ -128,27 +135,21 @@ def _ldm_vae_key(key: str, num_up: int) -> str:
         return key
     m = re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key)
     if m:
-        rest = m[3]
-        for old, new in _RESNET_RENAMES:
-            rest = rest.replace(old, new)
+        rest = _ldm_resnet_param(m[3])
         return f"encoder.down.{m[1]}.block.{m[2]}.{rest}"
     m = re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key)
     if m:
         return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
     m = re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key)
     if m:
-        rest = m[3]
-        for old, new in _RESNET_RENAMES:
-            rest = rest.replace(old, new)
+        rest = _ldm_resnet_param(m[3])
         return f"decoder.up.{num_up - 1 - int(m[1])}.block.{m[2]}.{rest}"
     m = re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key)
     if m:
         return f"decoder.up.{num_up - 1 - int(m[1])}.upsample.conv.{m[2]}"
     m = re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key)
     if m:
-        rest = m[3]
-        for old, new in _RESNET_RENAMES:
-            rest = rest.replace(old, new)
+        rest = _ldm_resnet_param(m[3])
         return f"{m[1]}.mid.block_{int(m[2]) + 1}.{rest}"
     m = re.fullmatch(
         r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.+)", key
