@@ -12,10 +12,73 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .attention import BasicTransformerBlock, TimeMixBlock
 from .embeddings import timestep_embedding
+
+CHECKPOINT_POLICIES = ("full", "selective", "attention")
+
+# Selective activation checkpointing: outputs of these (compute-bound) ops are kept from the forward pass;
+# everything else in a checkpointed region (norms, activations, adds, reshapes) is recomputed in backward.
+_aten = torch.ops.aten
+_SDPA_OPS = {
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
+_SAVE_OPS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.convolution.default, *_SDPA_OPS}
+# "attention" keeps only attentions with at least this many keys (the spatial and 3D self-attentions): their
+# outputs are one (tokens, C) tensor each, but they are most of the recomputed FLOPs.
+LONG_ATTENTION_KEYS = 256
+
+
+def _save_compute_ops(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _SAVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _save_long_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    if op in _SDPA_OPS and args[1].shape[-2] >= LONG_ATTENTION_KEYS:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_context():
+    return create_selective_checkpoint_contexts(_save_compute_ops)
+
+
+def _attention_context():
+    return create_selective_checkpoint_contexts(_save_long_attention)
+
+
+def checkpoint_context(policy: str):
+    """``context_fn`` for ``checkpoint`` under a non-"full" policy: "selective" saves the outputs of matmuls,
+    SDPA and convolutions; "attention" saves only those of SDPA calls with >= LONG_ATTENTION_KEYS keys; the
+    rest of the region is recomputed in backward."""
+    if policy == "selective":
+        return _selective_context
+    if policy == "attention":
+        return _attention_context
+    raise ValueError(f"no selective checkpoint context for policy {policy!r}; known: {CHECKPOINT_POLICIES}")
+
+
+def run_checkpointed(fn, *args, policy: str = "full"):
+    """Non-reentrant activation checkpointing of ``fn(*args)`` under ``policy``.
+
+    "full" recomputes the whole region in backward; "selective" keeps the matmul / SDPA / convolution outputs
+    and recomputes only the cheap ops; "attention" keeps only the long attentions' outputs. A region compiled
+    by :mod:`model.compile` carries its own ``selective_checkpoint(policy, *args)`` (the checkpoint traced
+    inside the compiled graph, where the partitioner honours the policy); an eager region uses
+    ``torch.utils.checkpoint``'s dispatch-mode implementation.
+    """
+    if policy == "full":
+        return checkpoint(fn, *args, use_reentrant=False)
+    context_fn = checkpoint_context(policy)
+    own = getattr(fn, "selective_checkpoint", None)
+    if own is not None:
+        return own(policy, *args)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=context_fn)
 
 
 @dataclass
@@ -204,6 +267,7 @@ class SpatioTemporalTransformer(nn.Module):
         self.channels = channels
         self.max_period = cfg.max_period
         self.gradient_checkpointing = False  # set through SV4D2UNet.gradient_checkpointing
+        self.checkpoint_policy = "full"  # set through SV4D2UNet.checkpoint_policy
         self.motion_context_dim = cfg.motion_context_dim
         self.norm = GroupNorm32(cfg.norm_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
@@ -274,7 +338,7 @@ class SpatioTemporalTransformer(nn.Module):
 
     def _ckpt(self, fn, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
+            return run_checkpointed(fn, *args, policy=self.checkpoint_policy)
         return fn(*args)
 
     def _spatial_step(self, i: int, h: torch.Tensor, clip_per_image: torch.Tensor) -> torch.Tensor:

@@ -14,22 +14,27 @@ the full-size network all get compiled graphs instead of falling back to eager a
 
 Activation checkpointing composes unchanged: the network calls ``checkpoint(compiled_region, ...)``
 (non-reentrant), which runs the compiled forward, drops what it saved, and in backward calls the same compiled
-forward again (a cache hit) before the compiled backward. The glue between regions (skip concatenations,
-down/upsampling convolutions, embeddings, ``proj_out``) stays eager.
+forward again (a cache hit) before the compiled backward. Selective checkpointing (the network's
+``checkpoint_policy`` "selective" / "attention") instead goes through each region's ``selective_checkpoint``:
+a second compiled graph per shape with the checkpoint inside it, so the AOT partitioner keeps the policy's
+op outputs and recomputes the rest within the compiled backward. The glue between regions (skip
+concatenations, down/upsampling convolutions, embeddings, ``proj_out``) stays eager.
 
 Opt-in only (``compile_blocks(net)``); nothing in the network depends on it, and the state dict is unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from .blocks import ResBlock, SpatioTemporalTransformer
+from .blocks import ResBlock, SpatioTemporalTransformer, checkpoint_context
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,28 @@ def _tokens_per_image(x: torch.Tensor) -> int:
     return x.shape[1] if x.ndim == 3 else x.shape[-2] * x.shape[-1]
 
 
-def _region(name: str, eager: Callable, compiled: Callable, arg: int, min_tokens: int) -> Callable:
+def _checkpointed_method(module: nn.Module, name: str, policy: str, *args: Any) -> Any:
+    """``module.name(*args)`` under selective activation checkpointing; compiled as a whole, so Dynamo
+    traces the checkpoint as a higher-order op and the AOT partitioner saves the policy's ops' outputs and
+    recomputes the rest inside the compiled backward (module passed as an argument: one graph per shape,
+    shared by all instances, as for the plain regions)."""
+    return checkpoint(
+        getattr(type(module), name),
+        module,
+        *args,
+        use_reentrant=False,
+        context_fn=checkpoint_context(policy),
+    )
+
+
+def _region(
+    name: str,
+    eager: Callable,
+    compiled: Callable,
+    arg: int,
+    min_tokens: int,
+    compiled_selective: Callable | None = None,
+) -> Callable:
     """Call ``compiled`` when the region's main tensor (positional ``arg``) has at least ``min_tokens``
     tokens per image, else ``eager``. Logs (INFO) the first call of every new compiled shape/stride, which is
     when Dynamo/Inductor compile, so a long compile can be followed in the log."""
@@ -69,7 +95,18 @@ def _region(name: str, eager: Callable, compiled: Callable, arg: int, min_tokens
             log.info("region %s: first call with %s stride %s grad %s", name, *key)
         return compiled(*args, **kwargs)
 
+    def selective(policy: str, *args: Any) -> Any:
+        x = args[arg]
+        if compiled_selective is None or _tokens_per_image(x) < min_tokens:
+            return checkpoint(eager, *args, use_reentrant=False, context_fn=checkpoint_context(policy))
+        key = (policy, tuple(x.shape), x.stride())
+        if key not in seen:
+            seen.add(key)
+            log.info("region %s: first %s-checkpoint call with %s stride %s", name, *key)
+        return compiled_selective(policy, *args)
+
     call.__wrapped__ = eager  # type: ignore[attr-defined]
+    call.selective_checkpoint = selective  # type: ignore[attr-defined]  # used by blocks.run_checkpointed
     return call
 
 
@@ -120,7 +157,8 @@ def compile_blocks(
             label = f"{type(m).__name__}.{name}"
             # An instance attribute shadows the class method: nn.Module.__call__ and the transformer's
             # ``self._ckpt(self._spatial_step, ...)`` pick the compiled callable up without code changes.
-            m.__dict__[name] = _region(label, eager, torch.compile(eager, **kw), arg, min_tokens)
+            sac = torch.compile(functools.partial(_checkpointed_method, m, name), **kw)
+            m.__dict__[name] = _region(label, eager, torch.compile(eager, **kw), arg, min_tokens, sac)
             n += 1
     log.info(
         "compile_blocks: %d regions wrapped (mode=%s, dynamic=%s, min_tokens=%d)",

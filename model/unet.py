@@ -19,7 +19,16 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import BlockContext, Downsample, GroupNorm32, ResBlock, SpatioTemporalTransformer, Upsample
+from .blocks import (
+    CHECKPOINT_POLICIES,
+    BlockContext,
+    Downsample,
+    GroupNorm32,
+    ResBlock,
+    SpatioTemporalTransformer,
+    Upsample,
+    run_checkpointed,
+)
 from .config import UNetConfig
 from .embeddings import camera_vector, timestep_embedding
 
@@ -103,6 +112,21 @@ class SV4D2UNet(nn.Module):
         self._gradient_checkpointing = bool(enabled)
         for t in self.transformers():
             t.gradient_checkpointing = bool(enabled)
+
+    @property
+    def checkpoint_policy(self) -> str:
+        """What activation checkpointing recomputes: "full" (everything, the default) or "selective" (keeps
+        the matmul / SDPA / convolution outputs, recomputes norms and pointwise ops; more memory, less
+        recompute). Same function and gradients either way."""
+        return getattr(self, "_checkpoint_policy", "full")
+
+    @checkpoint_policy.setter
+    def checkpoint_policy(self, policy: str) -> None:
+        if policy not in CHECKPOINT_POLICIES:
+            raise ValueError(f"unknown checkpoint policy {policy!r}; known: {CHECKPOINT_POLICIES}")
+        self._checkpoint_policy = policy
+        for t in self.transformers():
+            t.checkpoint_policy = policy
 
     # ------------------------------------------------------------------------------------------------------
     # Frame attention (alpha_f) control for progressive 3D-to-4D training.
@@ -270,7 +294,12 @@ class SV4D2UNet(nn.Module):
         ckpt = self._gradient_checkpointing and torch.is_grad_enabled()
         for layer in block:
             if isinstance(layer, ResBlock):
-                h = checkpoint(layer, h, ctx, use_reentrant=False) if ckpt else layer(h, ctx)
+                if not ckpt:
+                    h = layer(h, ctx)
+                elif self.checkpoint_policy == "full":
+                    h = checkpoint(layer, h, ctx, use_reentrant=False)
+                else:
+                    h = run_checkpointed(layer.forward, h, ctx, policy=self.checkpoint_policy)
             elif isinstance(layer, SpatioTemporalTransformer):
                 h = layer(h, ctx)  # checkpoints its own steps
             else:
