@@ -281,6 +281,7 @@ def run_stage(
     unet_cfg = get_config(mcfg.unet).replace(gradient_checkpointing=mcfg.activation_checkpointing)
     torch.manual_seed(tcfg.seed)
     net = build_unet(unet_cfg).to(device)
+    net.checkpoint_policy = mcfg.checkpoint_policy  # before any compile: regions are built per policy
     frame_names = configure_stage(net, stage.name)
 
     init_source: str | None = None
