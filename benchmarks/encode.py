@@ -28,21 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.encoders import clip_preprocess, composite_on_white, vae_input  # noqa: E402
+from curation.official_weights import SD21_VAE_CONFIG  # noqa: E402
 
 RES = 576
 NOMINAL_PEAK = 800e12
-SD21_VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 768,
-    "scaling_factor": 0.18215,
-}
 
 
 def build_models(smoke: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -63,7 +52,7 @@ def build_models(smoke: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]
         vae = AutoencoderKL(**TINY_VAE_CONFIG)
         vae.decoder = None
         return vae.eval().requires_grad_(False), open_clip.create_model(TINY_CLIP_NAME).visual.eval()
-    vae = AutoencoderKL(**SD21_VAE)
+    vae = AutoencoderKL(**SD21_VAE_CONFIG)
     vae.decoder = None  # never run here; saves memory
     vae.post_quant_conv = None
     clip = open_clip.create_model("ViT-H-14", pretrained=None).visual
