@@ -50,9 +50,11 @@ def curate(asset_dir: Path, analysis: dict[str, Any], record: Any, cfg: Pipeline
         metrics, diagnostics = clip["metrics"], clip["diagnostics"]
         offsets = np.asarray(clip["offsets"], np.float64).tolist() if m.enabled else None
     verdict = decide(record, analysis, metrics, cfg.curation.filters, mode, cfg.assets.licenses)
-    environment = choose_environment(
-        record.uid, cfg.curation.hdri, cfg.assets.seed, sky_strength=cfg.render.sky_strength
-    )
+    environment = {"kind": "sky", "strength": cfg.render.sky_strength}
+    if verdict.accepted:  # a filtered asset is never lit: skip the library scan
+        environment = choose_environment(
+            record.uid, cfg.curation.hdri, cfg.assets.seed, sky_strength=cfg.render.sky_strength
+        )
     return CurationDecision(
         status=verdict.status,
         reason=verdict.reason,
