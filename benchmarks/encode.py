@@ -301,6 +301,27 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
         )
         pairs = [(best, clip_eager, "pipeline bf16 compiled VAE (best) + eager CLIP")]
         dtype = bf16
+    elif args.variants == "gn":
+        from curation.encoders import use_matmul_attention
+        from curation.groupnorm import use_channels_last_group_norm
+
+        def attn_gn(m):
+            use_matmul_attention(m)
+            use_channels_last_group_norm(m.encoder)
+
+        clip_eager = clip_variant("clip bf16 eager", None, 32)
+        att = vae_variant(
+            "vae bf16 compiled cl + matmul attention", bf16, True, "", 32, False, 0, use_matmul_attention
+        )
+        gn = vae_variant(
+            "vae bf16 compiled cl + matmul attn + Triton GN stats", bf16, True, "", 32, True, 0, attn_gn
+        )
+        pairs = [
+            (gn, clip_eager, "pipeline bf16 compiled VAE + Triton GN, eager CLIP"),
+            (gn, clip_eager, "pipeline bf16 compiled VAE + Triton GN, eager CLIP on a side stream"),
+            (att, clip_eager, "pipeline bf16 compiled VAE (no Triton GN), eager CLIP on a side stream"),
+        ]
+        dtype = bf16
     else:
         pairs = None
     if pairs is None:
@@ -327,24 +348,52 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
             (vae_comp, clip_comp, f"pipeline {tag} compiled (H2D uint8 -> fp16 D2H)"),
             (eager_vae, clip_eager, f"pipeline {tag} eager channels_last (H2D uint8 -> fp16 D2H)"),
         ]
-    for vae_fn, clip_fn, label in pairs:
-        if vae_fn is None or clip_fn is None or over_budget(label):
-            continue
-        batch = 32
-        host = [torch.randint(0, 256, (batch, RES, RES, 4), dtype=torch.uint8) for _ in range(2)]
-        host = [h.pin_memory() for h in host] if cuda else host
 
-        def pipeline(rgba_host: torch.Tensor, vae_fn=vae_fn, clip_fn=clip_fn) -> None:
-            rgb = composite_on_white(rgba_host.to(dev, non_blocking=True))
-            x = vae_input(rgb).to(dtype).contiguous(memory_format=torch.channels_last)
-            mean, std = vae_fn(x)
-            emb = clip_fn(clip_preprocess(rgb, 224).to(bf16))
-            for t in (mean, std, emb):
-                t.to(torch.float16).to("cpu", non_blocking=True)
+    def run_pairs(pairs: list) -> None:
+        for vae_fn, clip_fn, label in pairs:
+            if vae_fn is None or clip_fn is None or over_budget(label):
+                continue
+            batch = 32
+            host = [torch.randint(0, 256, (batch, RES, RES, 4), dtype=torch.uint8) for _ in range(2)]
+            host = [h.pin_memory() for h in host] if cuda else host
 
-        record(label, batch, time_calls(pipeline, host, iters=args.iters, warmup=2, cuda=cuda))
+            side = torch.cuda.Stream() if cuda and "side stream" in label else None
+
+            def pipeline(rgba_host: torch.Tensor, vae_fn=vae_fn, clip_fn=clip_fn, side=side) -> None:
+                rgb = composite_on_white(rgba_host.to(dev, non_blocking=True))
+                x = vae_input(rgb).to(dtype).contiguous(memory_format=torch.channels_last)
+                clip_in = clip_preprocess(rgb, 224).to(bf16)
+                if side is None:
+                    mean, std = vae_fn(x)
+                    emb = clip_fn(clip_in)
+                else:  # CLIP's matmuls overlap the VAE's memory-bound GroupNorm/SiLU kernels
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):
+                        emb = clip_fn(clip_in)
+                    mean, std = vae_fn(x)
+                    torch.cuda.current_stream().wait_stream(side)
+                for t in (mean, std, emb):
+                    t.to(torch.float16).to("cpu", non_blocking=True)
+
+            record(label, batch, time_calls(pipeline, host, iters=args.iters, warmup=2, cuda=cuda))
+
+    run_pairs(pairs)
 
     # last and optional: Inductor's autotuning (long compile), only with time to spare
+    if args.variants == "gn":
+        auto = vae_variant(
+            "vae bf16 max-autotune cl + matmul attn + Triton GN stats",
+            bf16,
+            True,
+            "max-autotune-no-cudagraphs",
+            32,
+            need_s=args.autotune_s,
+            prepare=attn_gn,
+        )
+        for label in ("pipeline bf16 max-autotune VAE + Triton GN, eager CLIP on a side stream",):
+            if auto is not None and not over_budget(label):
+                pairs = [(auto, clip_eager, label)]
+                run_pairs(pairs)
     if args.variants == "all":
         vae_variant(
             f"vae {tag} max-autotune channels_last",
@@ -373,7 +422,9 @@ def main() -> int:
         "--autotune-s", type=float, default=240, help="GPU: time a max-autotune compile needs"
     )
     parser.add_argument("--out", default="", help="write all numbers as JSON here")
-    parser.add_argument("--variants", choices=["all", "fixes"], default="all", help="GPU: which variant set")
+    parser.add_argument(
+        "--variants", choices=["all", "fixes", "gn"], default="all", help="GPU: which variant set"
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="run the GPU code path on the CPU with tiny models"
     )
