@@ -104,6 +104,58 @@ def bench(net, ema, opt, batch, steps: int, warmup: int, device, fwd, label: str
     return warm, times
 
 
+# Kernel-name patterns, checked in this order (first match wins); everything else is "other".
+KERNEL_CATEGORIES = (
+    ("Triton (compiled regions)", ("triton",)),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native")),
+    ("optimizer/EMA", ("multi_tensor", "adam", "foreach")),
+    ("matmul/conv", ("gemm", "xmma", "cutlass", "nvjet", "conv", "fprop", "dgrad", "wgrad", "cublas")),
+    ("eager norm", ("norm",)),
+    ("eager elementwise/reduce", ("elementwise", "reduce", "unrolled", "vectorized", "index")),
+    ("copies/cat/memset", ("copy", "cat", "memcpy", "memset", "fill")),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    for cat, keys in KERNEL_CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "other"
+
+
+def profile_step(net, ema, opt, batch, device, fwd, top: int = 25) -> tuple[str, dict[str, float]]:
+    """One training step under torch.profiler: (printable table, {category: CUDA ms})."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        bench(net, ema, opt, batch, 1, 0, device, fwd, "[profiled]")
+    kernels: dict[str, tuple[float, int]] = {}
+    for evt in prof.key_averages():
+        # Only kernels have self device time (operators' device time is their kernels'); the name of the
+        # attribute changed across torch versions.
+        us = getattr(evt, "self_device_time_total", None)
+        us = evt.self_cuda_time_total if us is None else us
+        if us > 0:
+            kernels[evt.key] = (us / 1e3, evt.count)
+    total = sum(t for t, _ in kernels.values()) or 1e-9
+    cats: dict[str, float] = {}
+    for name, (t, _) in kernels.items():
+        cats[kernel_category(name)] = cats.get(kernel_category(name), 0.0) + t
+    lines = [f"CUDA kernel time of one step: {total:.0f} ms", "| category | ms | share |", "|---|---|---|"]
+    for cat, t in sorted(cats.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {cat} | {t:.0f} | {t / total:.1%} |")
+    lines += [
+        "",
+        f"top {top} kernels:",
+        "| kernel | category | calls | ms | share |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (t, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| {name[:90]} | {kernel_category(name)} | {n} | {t:.1f} | {t / total:.1%} |")
+    return "\n".join(lines), cats
+
+
 def parse_runs(runs: list[str], default_ckpt: list[str]) -> list[tuple[str, int, str]]:
     """COMPILE:BATCH[:CKPT] items -> (compile, batch, checkpointing)."""
     out = []
@@ -159,6 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: Inductor default)")
     p.add_argument(
+        "--sdpa",
+        choices=["default", "cudnn", "flash", "efficient"],
+        default="default",
+        help="SDPA backend tried first (the others stay as fallbacks, in PyTorch's order); default: "
+        "PyTorch's own priority (flash first on Hopper)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed steps of each configuration, profile one more step and print CUDA kernel time "
+        "by category (matmul/conv, attention, Triton, eager elementwise/norm, optimizer, copies)",
+    )
+    p.add_argument(
         "--deadline",
         type=float,
         default=None,
@@ -194,6 +259,21 @@ def main(argv: list[str] | None = None) -> int:
         device_name = device.type
     hw = args.size // 8
     cfg = get_config(args.unet)
+    if args.sdpa != "default":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        first = {
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        }[args.sdpa]
+        order = [first] + [
+            b
+            for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+            if b != first
+        ]
+        # Entered for the whole run (the priority is process-wide state that compiled graphs also read).
+        sdpa_kernel(order, set_priority=True).__enter__()
     print(f"device: {device_name}, torch {torch.__version__}", flush=True)
     print(f"configurations: {runs}", flush=True)
 
@@ -221,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "min_compile_tokens": args.min_compile_tokens,
         "compile_mode": args.compile_mode,
         "checkpoint_policy": args.checkpoint_policy,
+        "sdpa": args.sdpa,
         "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         "results": [],
     }
@@ -319,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['graph_breaks']} graph breaks",
                 flush=True,
             )
+        if args.profile and times and device.type == "cuda":
+            table, categories = profile_step(net, ema, opt, batch, device, fwd)
+            row["profile_ms"] = categories
+            print(table, flush=True)
+            (out / f"profile_{mode}_b{b}.txt").write_text(table)
         results.append(row)
         (out / "train_step.json").write_text(json.dumps(summary, indent=2))
         del batch

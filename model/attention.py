@@ -57,6 +57,35 @@ class CrossAttention(nn.Module):
         out = sdpa(q, k, v).transpose(1, 2).reshape(n, length, -1)
         return self.to_out(out)
 
+    def attend_single_key(
+        self, context: torch.Tensor, length: int, unused: tuple[torch.Tensor, ...] = ()
+    ) -> torch.Tensor:
+        """``forward(q_input, context)`` for a one-token context (N, 1, context_dim), as an (N, length, dim)
+        broadcast view, without the query input.
+
+        The softmax over a single key is exactly 1, so every query gets that key's value and neither q nor k
+        can change the output: the context token is projected once and broadcast, instead of running
+        ``to_q`` over all ``length`` queries and SDPA (every cross-attention of the network has one key: the
+        CLIP token, or the reference latent at the pixel). ``to_q``, ``to_k`` and ``unused`` (the parameters
+        of the norm that fed the queries) stay in the graph with exactly zero gradient, as through SDPA, where
+        their gradients are zero up to rounding (DDP also expects every parameter to receive a gradient).
+        """
+        if context.shape[1] != 1:
+            raise ValueError(f"attend_single_key needs a one-token context, got shape {tuple(context.shape)}")
+        out = self.to_out(self.to_v(context))
+        zero = sum(p.sum() for p in (self.to_q.weight, self.to_k.weight, *unused)) * 0.0
+        return (out + zero.to(out.dtype)).expand(context.shape[0], length, out.shape[-1])
+
+
+def cross_attention_residual(
+    attn: CrossAttention, norm: nn.LayerNorm, x: torch.Tensor, context: torch.Tensor
+) -> torch.Tensor:
+    """``attn(norm(x), context) + x``, through ``attend_single_key`` when the context is one token (then
+    ``norm(x)`` is never computed: it could only reach the output through the queries)."""
+    if context.shape[1] == 1:
+        return x + attn.attend_single_key(context, x.shape[1], (norm.weight, norm.bias))
+    return attn(norm(x), context) + x
+
 
 class GEGLU(nn.Module):
     def __init__(self, dim_in: int, dim_out: int):
@@ -95,7 +124,7 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x: (N, L, dim); context: (N, M, context_dim)."""
         x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
+        x = cross_attention_residual(self.attn2, self.norm2, x, context)
         return self.ff(self.norm3(x)) + x
 
 
@@ -123,7 +152,7 @@ class TimeMixBlock(nn.Module):
         """x: (N, L, dim) sequences to attend along; context: (N, M, context_dim)."""
         x = self.ff_in(self.norm_in(x)) + x
         x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
+        x = cross_attention_residual(self.attn2, self.norm2, x, context)
         return self.ff(self.norm3(x)) + x
 
     def zero_residual_outputs_(self) -> None:

@@ -7,7 +7,8 @@ backward as FlopCounterMode sees it (about 2x the forward) and never counts acti
 
 For scale: the official snapshot groups the "3D" attention into sequences of V tokens, while this network
 attends over all V*H*W tokens of a frame (paper eq. 2). ``snapshot_equivalent`` subtracts that difference,
-which should reproduce the ~206 TFLOP measured for one guidance-batched official forward (96 latents, 72x72).
+and adds back the cross-attention work that the one-key shortcut (model.attention.attend_single_key) skips;
+it should reproduce the ~206 TFLOP measured for one guidance-batched official forward (96 latents, 72x72).
 
 CLI: ``python -m model.flops --batch 2 --frames 12 --views 4 --size 576``.
 """
@@ -37,7 +38,7 @@ class FlopReport:
     attention_spatial: float  # cores of the per-image self-attention
     attention_3d: float  # cores of the per-frame attention over V*H*W tokens
     attention_frame: float  # cores of the per-pixel attention over F frames
-    attention_cross: float  # cores of all cross-attentions (one context token each)
+    cross_skipped: float  # what the one-key cross-attentions would cost through SDPA, not executed here
     snapshot_equivalent: float  # forward with the official snapshot's V-token "3D" grouping
     train: float | None = None  # forward + backward, when requested
 
@@ -56,7 +57,12 @@ def attention_core_flops(
 ) -> dict[str, float]:
     """Analytic FLOPs of the attention cores (QK^T and AV) of every transformer, by kind."""
     b, f, v = batch, frames, views
-    out = {"spatial": 0.0, "3d": 0.0, "frame": 0.0, "cross": 0.0, "snapshot_3d": 0.0}
+    out = {"spatial": 0.0, "3d": 0.0, "frame": 0.0, "cross_skipped": 0.0, "snapshot_3d": 0.0}
+
+    def skipped(tokens: int, sequences: int, ch: int) -> float:
+        # to_q over every query, the core (4 * L * 1 * C), to_out per query instead of once per sequence
+        return 2.0 * tokens * ch * ch + 4.0 * tokens * ch + 2.0 * (tokens - sequences) * ch * ch
+
     levels = len(config.channel_mult)
 
     def add(ch: int, ds: int) -> None:
@@ -66,10 +72,10 @@ def attention_core_flops(
         out["spatial"] += d * 4.0 * n * hw * hw * ch
         out["3d"] += d * 4.0 * (b * f) * (v * hw) ** 2 * ch
         out["snapshot_3d"] += d * 4.0 * (b * f * hw) * v * v * ch
-        out["cross"] += d * 4.0 * (2 * n * hw) * ch  # spatial and 3D cross-attention to one CLIP token
+        out["cross_skipped"] += d * (skipped(n * hw, n, ch) + skipped(n * hw, b * f, ch))  # spatial, 3D
         if frame_attention:
             out["frame"] += d * 4.0 * (b * v * hw) * f * f * ch
-            out["cross"] += d * 4.0 * (b * v * hw * f) * ch
+            out["cross_skipped"] += d * skipped(b * v * hw * f, b * v * hw, ch)
 
     ds = 1
     for level, mult in enumerate(config.channel_mult):
@@ -131,8 +137,8 @@ def count_flops(
         attention_spatial=core["spatial"],
         attention_3d=core["3d"],
         attention_frame=core["frame"],
-        attention_cross=core["cross"],
-        snapshot_equivalent=forward - core["3d"] + core["snapshot_3d"],
+        cross_skipped=core["cross_skipped"],
+        snapshot_equivalent=forward - core["3d"] + core["snapshot_3d"] + core["cross_skipped"],
         train=train_flops,
     )
 

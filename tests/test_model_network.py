@@ -279,10 +279,45 @@ def test_flop_count_attention_split_and_official_anchor():
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(**_meta_inputs(TINY, 2, 3, 4, 8, 8, False))
     core = attention_core_flops(TINY, 2, 3, 4, 8, 8)
-    # On the meta device SDPA runs as two bmm per attention: the analytic cores must account for all of them.
+    # On the meta device SDPA runs as two bmm per attention: the analytic cores must account for all of them
+    # (the one-key cross-attentions run no attention core).
     bmm = fc.get_flop_counts()["Global"][torch.ops.aten.bmm]
-    assert bmm == core["spatial"] + core["3d"] + core["frame"] + core["cross"]
+    assert bmm == core["spatial"] + core["3d"] + core["frame"]
     # Full size, one guidance-batched window (96 latents at 72x72): ~206 TFLOP with the snapshot's grouping.
     rep = count_flops("sv4d2", batch=2, frames=12, views=4, latent_hw=(72, 72))
     assert abs(rep.snapshot_equivalent / 206e12 - 1) < 0.03
-    assert rep.forward == pytest.approx(rep.snapshot_equivalent + rep.attention_3d, rel=1e-3)
+    assert rep.forward == pytest.approx(
+        rep.snapshot_equivalent + rep.attention_3d - rep.cross_skipped, rel=1e-3
+    )
+
+
+@pytest.mark.parametrize("block_cls", ["BasicTransformerBlock", "TimeMixBlock"])
+def test_one_token_cross_attention_shortcut_equals_sdpa(block_cls):
+    """Blocks attend to one-token contexts by broadcasting the projected token (attend_single_key): same
+    output and gradients as norm2 -> to_q/to_k/to_v -> SDPA -> to_out, and zero gradient where SDPA gives
+    ~0."""
+    import model.attention as A
+
+    torch.manual_seed(0)
+    block = getattr(A, block_cls)(16, heads=2, dim_head=8, context_dim=12).double()
+    for p in block.parameters():  # move the LayerNorms away from the identity
+        p.data.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    ctx = torch.randn(3, 1, 12, dtype=torch.float64, requires_grad=True)
+    out = block(x, ctx)
+    original = A.cross_attention_residual
+    A.cross_attention_residual = lambda attn, norm, x, context: attn(norm(x), context) + x  # the SDPA path
+    try:
+        ref = block(x, ctx)
+    finally:
+        A.cross_attention_residual = original
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    names = ["x", "ctx"] + [n for n, _ in block.named_parameters()]
+    params = [x, ctx, *block.parameters()]
+    mine = dict(zip(names, torch.autograd.grad(out, params, g), strict=True))
+    theirs = dict(zip(names, torch.autograd.grad(ref, params, g), strict=True))
+    for name in names:
+        torch.testing.assert_close(mine[name], theirs[name], rtol=0, atol=1e-10, msg=name)
+    for name in ("attn2.to_q.weight", "attn2.to_k.weight", "norm2.weight", "norm2.bias"):
+        assert mine[name].abs().max() == 0 and theirs[name].abs().max() < 1e-12, name
