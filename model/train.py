@@ -15,6 +15,7 @@ the examples and their determinism, model/checkpoint.py for the checkpoint layou
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -370,6 +371,9 @@ def run_stage(
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "logs" / f"train_{stage.name}"))
+        # The same numbers as one JSON line per logged step (appended across resumes): easy to read from
+        # scripts such as benchmarks/train_scaling.py.
+        metrics = open(out_dir / "logs" / f"train_{stage.name}" / "metrics.jsonl", "a")  # noqa: SIM115
         log.info(
             "stage %s: %d steps from %d, %d trainable / %d parameters (%d frame-attention tensors %s), "
             "global batch %d, %d shards, device %s",
@@ -499,7 +503,22 @@ def run_stage(
             writer.add_scalar("train/lr", lr_now, step)
             writer.add_scalar("train/bad_steps", bad_total, step)
             writer.add_scalar("train/ema_decay", ema.current_decay(), step)
-            writer.add_scalar("perf/step_time_s", (now - t_last) / tcfg.log_every, step)
+            step_time = (now - t_last) / tcfg.log_every
+            writer.add_scalar("perf/step_time_s", step_time, step)
+            row = {
+                "step": step,
+                "loss": loss_val,
+                "grad_norm": norm_val,
+                "lr": lr_now,
+                "bad_steps": bad_total,
+                "step_time_s": step_time,
+                "examples_per_s": tcfg.batch_size * tcfg.grad_accum * di.world_size / step_time,
+                "world_size": di.world_size,
+            }
+            if device.type == "cuda":
+                row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
             alphas = net.mix_alphas()
             if alphas:
                 writer.add_scalar("mix/alpha_f_mean", float(np.mean([a[1] for a in alphas.values()])), step)
@@ -514,6 +533,7 @@ def run_stage(
         progress.close()
     if writer is not None:
         writer.close()
+        metrics.close()
     if step == start_step and di.is_main:
         last_ckpt = latest_checkpoint(stage_dir)
     return StageResult(stage.name, start_step, step, losses, bad_total, last_ckpt, init_source)

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_data import synthetic_latent_sample, write_latent_shards
 
 from model.checkpoint import latest_checkpoint, load_train_state
 from model.data import ExampleSpec, build_example, collate, draw_noise, to_tensors
 from model.train import configure_stage, run_stage, training_loss
 from model.unet import build_unet
 from profiles import load_profile
+from shards.synthetic import synthetic_latent_sample, write_latent_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,6 +118,11 @@ def test_n_steps_equal_half_resume_half(tmp_path, shard_glob):
         assert torch.equal(v["exp_avg_sq"], sb["optimizer"]["state"][k]["exp_avg_sq"])
     assert sa["data"]["examples_seen"] == 8
     assert (a / "config.json").is_file() and (a / "meta.json").is_file()
+    # metrics.jsonl: one row per logged step, appended across the resume, losses as trained
+    rows = [json.loads(x) for x in (tmp_path / "split/logs/train_4d/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows] == pytest.approx(full.losses)
+    assert all(r["step_time_s"] > 0 and r["examples_per_s"] > 0 and r["world_size"] == 1 for r in rows)
 
 
 def test_stage_3d_freezes_the_frame_attention(tmp_path, shard_glob):

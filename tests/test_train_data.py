@@ -23,59 +23,8 @@ from model.data import (
     read_entry,
     relative_cameras,
 )
-from shards.latent_schema import LatentSample, decode_latent_sample, encode_latent_sample
-from shards.writer import ShardWriter
-
-ENCODER = {
-    "vae": "synthetic",
-    "vae_scaling_factor": 0.18215,
-    "latent_channels": 4,
-    "downsample": 8,
-    "clip_model": "synthetic",
-    "clip_dim": 32,
-    "background": "white",
-}
-
-
-def synthetic_latent_sample(
-    key: str, views: int = 6, frames: int = 6, h: int = 8, clip_dim: int = 32, seed: int = 0
-) -> LatentSample:
-    """A latent sample in the contract of shards/latent_schema.py: a static and a dynamic orbit."""
-    rng = np.random.default_rng(seed)
-    mean, std, clip, c2w, angles = {}, {}, {}, {}, {}
-    for o, orbit in enumerate(("static", "dynamic")):
-        mean[orbit] = rng.normal(0, 1, (views, frames, 4, h, h)).astype(np.float16)
-        std[orbit] = rng.uniform(0.05, 0.2, (views, frames, 4, h, h)).astype(np.float16)
-        clip[orbit] = rng.normal(0, 1, (views, frames, clip_dim)).astype(np.float16)
-        az = (np.arange(views) * 360.0 / views + 17.0 * o) % 360.0
-        el = np.full(views, 10.0) if orbit == "static" else rng.uniform(-5, 30, views)
-        angles[orbit] = np.stack([el, az, np.full(views, 2.0)], 1).astype(np.float32)
-        c2w[orbit] = np.tile(np.eye(4, dtype=np.float32), (views, 1, 1))
-    meta = {
-        "uid": key,
-        "mode": "4d",
-        "resolution": h * 8,
-        "num_views": views,
-        "num_frames": frames,
-        "orbits": ["static", "dynamic"],
-        "fov_deg": 33.8,
-        "encoder": ENCODER,
-    }
-    k = np.array([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]], np.float32)
-    return LatentSample(key, mean, std, clip, c2w, angles, k, meta)
-
-
-def write_latent_shards(directory: Path, num_shards: int = 2, per_shard: int = 2, **kwargs) -> list[str]:
-    """Write `num_shards` latent shards of `per_shard` synthetic objects; return their paths."""
-    paths = []
-    for s in range(num_shards):
-        path = Path(directory) / f"shard-{s:06d}.tar"
-        with ShardWriter(path) as w:
-            for i in range(per_shard):
-                n = s * per_shard + i
-                w.write(encode_latent_sample(synthetic_latent_sample(f"obj{n:03d}", seed=n, **kwargs)))
-        paths.append(str(path))
-    return paths
+from shards.latent_schema import decode_latent_sample
+from shards.synthetic import synthetic_latent_sample, write_latent_shards
 
 
 @pytest.fixture(scope="module")
