@@ -10,8 +10,9 @@ stage 4d. Step times come from the trainer's own `logs/train_4d/metrics.jsonl`: 
 `--skip` (compilation and cuDNN autotuning happen in the first ones). Scaling efficiency at N = per-GPU
 examples/s at N / per-GPU examples/s of the first run (the smallest N).
 
-`--resume-check`: the last run's final checkpoint (written by N GPUs) is resumed for one more step on 1 GPU,
-then for one more on N GPUs; each must continue at the next step with a finite loss. Every resume writes a
+`--resume-check`: the largest run's final checkpoint (written by N GPUs) is resumed for one more step on N
+GPUs, and the checkpoint that resume writes (also by N GPUs) for one more on 1 GPU; each must continue at the
+next step with a finite loss. Every resume writes a
 new checkpoint before the old one is pruned, so this needs free disk for a second checkpoint (~32 GB at full
 size: fp32 weights, EMA and AdamW moments); it is skipped, saying so, when the disk is short.
 
@@ -36,6 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model.checkpoint import latest_checkpoint, load_train_state  # noqa: E402
 from shards.synthetic import write_latent_shards  # noqa: E402
 
 
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict = {"args": vars(args), "runs": []}
     base_rate = None
-    for n in args.gpus:
+    gpu_counts = sorted(set(args.gpus))  # the smallest count is the efficiency baseline
+    for n in gpu_counts:
         run_dir = work / f"run_{n}gpu"
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
@@ -158,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         sets = [x for kv in args.set for x in ("--set", kv)]
         wall = run_trainer(pipelines, n, out / f"train_{n}gpu.log", sets)
         rows = read_metrics(run_dir)
-        timed = [r["step_time_s"] for r in rows if r["step"] > args.skip]
-        step_s = statistics.median(timed) if timed else float("nan")
-        rate = n * args.batch / step_s
+        timed = [r for r in rows if r["step"] > args.skip]
+        step_s = statistics.median(r["step_time_s"] for r in timed) if timed else float("nan")
+        # the trainer's own examples/s: global batch (per-GPU batch x accumulation x world size) / step time
+        rate = statistics.median(r["examples_per_s"] for r in timed) if timed else float("nan")
         if base_rate is None:
-            base_rate = rate / n  # per-GPU rate of the first (smallest) run
+            base_rate = rate / n
         res = {
             "gpus": n,
             "steps": len(rows),
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "train_scaling.json").write_text(json.dumps(summary, indent=1))
 
     if args.resume_check and summary["runs"]:
-        n = args.gpus[-1]
+        n = gpu_counts[-1]
         run_dir = work / f"run_{n}gpu"
         ckpt = run_dir / "checkpoints" / "4d"
         size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
@@ -196,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             checks.append({"resume": msg})
             print(f"resume check {msg}", flush=True)
         else:
-            for k, gpus in enumerate(dict.fromkeys((1, n))):  # 1 GPU, then N (once when N = 1)
+            # N GPUs first, then 1 (once when N = 1): each resume prunes the checkpoint it loaded, so this
+            # order makes both load a checkpoint written by N GPUs (the run's, then the N-GPU resume's).
+            for k, gpus in enumerate(dict.fromkeys((n, 1))):
+                latest_dir = latest_checkpoint(ckpt)
+                latest = latest_dir.name
+                written_by = load_train_state(latest_dir)["world_size"]
                 before = len(read_metrics(run_dir))
                 wall = run_trainer(
                     run_dir / "pipelines.yaml",
@@ -209,10 +218,17 @@ def main(argv: list[str] | None = None) -> int:
                     r["loss"] == r["loss"] for r in new
                 )
                 checks.append(
-                    {"written_by_gpus": n, "resumed_on_gpus": gpus, "rows": new, "ok": ok, "wall_s": wall}
+                    {
+                        "checkpoint": latest,
+                        "written_by_gpus": written_by,
+                        "resumed_on_gpus": gpus,
+                        "rows": new,
+                        "ok": ok,
+                        "wall_s": wall,
+                    }
                 )
                 print(
-                    f"resume of the {n}-GPU checkpoint on {gpus} GPU(s): "
+                    f"resume of {latest} (written by {written_by} GPU(s)) on {gpus} GPU(s): "
                     f"{'OK' if ok else 'FAILED'} {new}, {wall:.0f} s",
                     flush=True,
                 )

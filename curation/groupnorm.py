@@ -102,7 +102,7 @@ def kernel_applies(x: torch.Tensor, groups: int) -> bool:
     if triton is None or x.ndim != 4 or not (x.is_cuda or _interpreting()):
         return False
     c = x.shape[1]
-    if c % groups or not (_pow2(c) and _pow2(groups)) or x.shape[2] * x.shape[3] == 0:
+    if c % groups or not (_pow2(c) and _pow2(groups)) or x.shape[0] * x.shape[2] * x.shape[3] == 0:
         return False
     return x.is_contiguous(memory_format=torch.channels_last)
 

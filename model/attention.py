@@ -81,8 +81,9 @@ def cross_attention_residual(
     attn: CrossAttention, norm: nn.LayerNorm, x: torch.Tensor, context: torch.Tensor
 ) -> torch.Tensor:
     """``attn(norm(x), context) + x``, through ``attend_single_key`` when the context is one token (then
-    ``norm(x)`` is never computed: it could only reach the output through the queries)."""
-    if context.shape[1] == 1:
+    ``norm(x)`` is never computed: it could only reach the output through the queries). Not while the output
+    dropout is active: SDPA's path draws a dropout mask per query, the broadcast one per sequence."""
+    if context.shape[1] == 1 and not (attn.training and attn.to_out[1].p > 0):
         return x + attn.attend_single_key(context, x.shape[1], (norm.weight, norm.bias))
     return attn(norm(x), context) + x
 

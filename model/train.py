@@ -367,13 +367,13 @@ def run_stage(
     autocast_dtype = _autocast_dtype(mcfg, device)
     trainable = [p for p in net.parameters() if p.requires_grad]
     writer = None
+    # The same numbers as one JSON line per logged step (appended across resumes): easy to read from
+    # scripts such as benchmarks/train_scaling.py. Opened per write, so no handle outlives an error.
+    metrics_path = out_dir / "logs" / f"train_{stage.name}" / "metrics.jsonl"
     if di.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "logs" / f"train_{stage.name}"))
-        # The same numbers as one JSON line per logged step (appended across resumes): easy to read from
-        # scripts such as benchmarks/train_scaling.py.
-        metrics = open(out_dir / "logs" / f"train_{stage.name}" / "metrics.jsonl", "a")  # noqa: SIM115
         log.info(
             "stage %s: %d steps from %d, %d trainable / %d parameters (%d frame-attention tensors %s), "
             "global batch %d, %d shards, device %s",
@@ -450,7 +450,7 @@ def run_stage(
     last_ckpt: Path | None = None
     data_iter = iter(loader)
     net.train()
-    t_last = time.perf_counter()
+    t_last, last_logged = time.perf_counter(), step
     while step < total_steps:
         loss_sum = torch.zeros((), device=device)
         for micro in range(tcfg.grad_accum):
@@ -503,7 +503,7 @@ def run_stage(
             writer.add_scalar("train/lr", lr_now, step)
             writer.add_scalar("train/bad_steps", bad_total, step)
             writer.add_scalar("train/ema_decay", ema.current_decay(), step)
-            step_time = (now - t_last) / tcfg.log_every
+            step_time = (now - t_last) / (step - last_logged)  # the last log may close a short interval
             writer.add_scalar("perf/step_time_s", step_time, step)
             row = {
                 "step": step,
@@ -517,13 +517,13 @@ def run_stage(
             }
             if device.type == "cuda":
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
             alphas = net.mix_alphas()
             if alphas:
                 writer.add_scalar("mix/alpha_f_mean", float(np.mean([a[1] for a in alphas.values()])), step)
                 writer.add_scalar("mix/alpha_3d_mean", float(np.mean([a[0] for a in alphas.values()])), step)
-            t_last = now
+            t_last, last_logged = now, step
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss_val:.4f}", bad=bad_total)
@@ -533,7 +533,6 @@ def run_stage(
         progress.close()
     if writer is not None:
         writer.close()
-        metrics.close()
     if step == start_step and di.is_main:
         last_ckpt = latest_checkpoint(stage_dir)
     return StageResult(stage.name, start_step, step, losses, bad_total, last_ckpt, init_source)
