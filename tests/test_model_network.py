@@ -321,3 +321,21 @@ def test_one_token_cross_attention_shortcut_equals_sdpa(block_cls):
         torch.testing.assert_close(mine[name], theirs[name], rtol=0, atol=1e-10, msg=name)
     for name in ("attn2.to_q.weight", "attn2.to_k.weight", "norm2.weight", "norm2.bias"):
         assert mine[name].abs().max() == 0 and theirs[name].abs().max() < 1e-12, name
+
+
+def test_one_token_shortcut_is_not_taken_while_output_dropout_is_active():
+    """SDPA drops per query, the broadcast would drop per sequence: training with dropout keeps SDPA."""
+    import model.attention as A
+
+    attn, norm = A.CrossAttention(16, 2, 8, context_dim=12, dropout=0.5), torch.nn.LayerNorm(16)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 1, 12)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("shortcut taken")
+
+    attn.attend_single_key = refuse
+    attn.train()
+    A.cross_attention_residual(attn, norm, x, ctx)  # SDPA path: no error
+    attn.eval()
+    with pytest.raises(AssertionError, match="shortcut taken"):
+        A.cross_attention_residual(attn, norm, x, ctx)
