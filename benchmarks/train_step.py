@@ -376,10 +376,14 @@ def main(argv: list[str] | None = None) -> int:
         if times:
             t = statistics.median(times)
             achieved = flops.train / t
-            # Recomputed matmul FLOPs: the whole forward ("full"), none ("selective"); "attention" recomputes
-            # all but the long attentions, which model.flops does not split out, so it is reported as "full".
-            recompute = ckpt == "on" and args.checkpoint_policy != "selective"
-            hw_flops = flops.train + (flops.forward if recompute else 0.0)
+            # Recomputed matmul FLOPs: the whole forward ("full"), none ("selective"), all but the cores of
+            # the spatial and 3D self-attentions, whose outputs are kept ("attention").
+            recompute = 0.0
+            if ckpt == "on" and args.checkpoint_policy == "full":
+                recompute = flops.forward
+            elif ckpt == "on" and args.checkpoint_policy == "attention":
+                recompute = flops.forward - flops.attention_spatial - flops.attention_3d
+            hw_flops = flops.train + recompute
             row.update(step_s=t, step_times=times, tflops=achieved / 1e12, mfu=achieved / args.peak)
             row["hfu"] = hw_flops / t / args.peak
             if device.type == "cuda":
