@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.encoders import clip_preprocess, composite_on_white, vae_input  # noqa: E402
+from curation.groupnorm import replace_group_norms  # noqa: E402
 from curation.official_weights import SD21_VAE_CONFIG  # noqa: E402
 
 RES = 576
@@ -97,14 +98,7 @@ class TwoStageGroupNorm(torch.nn.Module):
 
 
 def use_two_stage_group_norm(module: torch.nn.Module) -> int:
-    count = 0
-    for name, child in module.named_children():
-        if isinstance(child, torch.nn.GroupNorm):
-            setattr(module, name, TwoStageGroupNorm(child))
-            count += 1
-        else:
-            count += use_two_stage_group_norm(child)
-    return count
+    return replace_group_norms(module, TwoStageGroupNorm)
 
 
 def count_flops(fn: Callable, x: torch.Tensor) -> int:

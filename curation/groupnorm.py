@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -185,13 +186,18 @@ class ChannelsLastGroupNorm(nn.Module):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
 
 
-def use_channels_last_group_norm(module: nn.Module) -> int:
-    """Replace every ``nn.GroupNorm`` under ``module`` in place; returns how many were replaced."""
+def replace_group_norms(module: nn.Module, make: Callable[[nn.GroupNorm], nn.Module]) -> int:
+    """Replace every ``nn.GroupNorm`` under ``module`` in place by ``make(group_norm)``; returns how many."""
     count = 0
     for name, child in module.named_children():
         if isinstance(child, nn.GroupNorm):
-            setattr(module, name, ChannelsLastGroupNorm(child))
+            setattr(module, name, make(child))
             count += 1
         else:
-            count += use_channels_last_group_norm(child)
+            count += replace_group_norms(child, make)
     return count
+
+
+def use_channels_last_group_norm(module: nn.Module) -> int:
+    """Replace every ``nn.GroupNorm`` under ``module`` by a ``ChannelsLastGroupNorm``; returns how many."""
+    return replace_group_norms(module, ChannelsLastGroupNorm)
