@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -27,9 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curation.clip_attention import use_sdpa_attention  # noqa: E402
 from curation.encoders import clip_preprocess, composite_on_white, vae_input  # noqa: E402
 from curation.groupnorm import replace_group_norms  # noqa: E402
 from curation.official_weights import SD21_VAE_CONFIG  # noqa: E402
+from curation.vae_encoder import encoder_forward  # noqa: E402
 
 RES = 576
 NOMINAL_PEAK = 800e12
@@ -258,10 +261,12 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
             print(kernel_profile(fn, xs[0]), flush=True)
         return fn
 
-    def clip_variant(name, compile_mode, batch):
+    def clip_variant(name, compile_mode, batch, sdpa=False):
         if over_budget(name):
             return None
         model = copy.deepcopy(clip32).to(torch.bfloat16)
+        if sdpa:
+            use_sdpa_attention(model)
         fn = model if compile_mode is None else torch.compile(model, mode=compile_mode or None)
         t0 = time.monotonic()
         xs = [torch.randn(batch, 3, 224, 224, device=dev, generator=g).to(torch.bfloat16) for _ in range(2)]
@@ -315,6 +320,51 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
             (gn, clip_eager, "pipeline bf16 compiled VAE + Triton GN, eager CLIP on a side stream"),
             (att, clip_eager, "pipeline bf16 compiled VAE (no Triton GN), eager CLIP on a side stream"),
         ]
+        dtype = bf16
+    elif args.variants in ("deferred", "deferred-autotune"):
+        from curation.encoders import use_matmul_attention
+        from curation.groupnorm import use_channels_last_group_norm
+
+        def attn_gn(m):
+            use_matmul_attention(m)
+            use_channels_last_group_norm(m.encoder)
+
+        def deferred(m):
+            attn_gn(m)
+            m.encoder.forward = functools.partial(encoder_forward, m.encoder)
+
+        clips = {"clip bf16 eager": clip_variant("clip bf16 eager", None, 32)}
+        clips["clip bf16 SDPA eager"] = clip_variant("clip bf16 SDPA eager", None, 32, sdpa=True)
+        clips["clip bf16 SDPA compiled"] = clip_variant("clip bf16 SDPA compiled", "", 32, sdpa=True)
+        if args.variants == "deferred":
+            clips["clip bf16 SDPA max-autotune"] = clip_variant(
+                "clip bf16 SDPA max-autotune", "max-autotune-no-cudagraphs", 32, sdpa=True
+            )
+        speeds = {r["variant"]: r["img_s"] for r in rows}
+        best_clip = max((k for k in clips if clips[k] is not None), key=lambda k: speeds.get(k, 0))
+        print(f"fastest CLIP: {best_clip}", flush=True)
+        mode = "" if args.variants == "deferred" else "max-autotune-no-cudagraphs"
+        tag = "compiled" if args.variants == "deferred" else "max-autotune"
+        need = 0.0 if args.variants == "deferred" else args.autotune_s
+        if args.variants == "deferred":
+            vae_variant(
+                f"vae bf16 {tag} cl + matmul attn + Triton GN stats", bf16, True, mode, 32, False, 0, attn_gn
+            )
+        dvae = vae_variant(
+            f"vae bf16 {tag} cl + matmul attn + Triton GN + deferred bias",
+            bf16,
+            True,
+            mode,
+            32,
+            True,
+            need,
+            deferred,
+        )
+        pairs = [(dvae, clips[best_clip], f"pipeline bf16 {tag} VAE + deferred bias, {best_clip}")]
+        if best_clip != "clip bf16 eager":
+            pairs.append(
+                (dvae, clips["clip bf16 eager"], f"pipeline bf16 {tag} VAE + deferred bias, clip bf16 eager")
+            )
         dtype = bf16
     else:
         pairs = None
@@ -417,7 +467,11 @@ def main() -> int:
     )
     parser.add_argument("--out", default="", help="write all numbers as JSON here")
     parser.add_argument(
-        "--variants", choices=["all", "fixes", "gn"], default="all", help="GPU: which variant set"
+        "--variants",
+        choices=["all", "fixes", "gn", "deferred", "deferred-autotune"],
+        default="all",
+        help="GPU: which variant set (deferred: CLIP through SDPA and the VAE with deferred conv biases, "
+        "compiled in the default mode; deferred-autotune: the same VAE with max-autotune)",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="run the GPU code path on the CPU with tiny models"

@@ -488,6 +488,7 @@ class Encoders:
         self.spec = spec
         self.device = torch.device(spec.device)
         self.dtype = _torch_dtype(spec.dtype)
+        self._deferred_bias = False
         self.load_reports: dict[str, Any] = {}
         """Official path only: {"vae", "clip"} -> official_weights.LoadReport (keys read, unused keys)."""
         if spec.official_checkpoint:
@@ -518,6 +519,10 @@ class Encoders:
                 from curation.groupnorm import use_channels_last_group_norm
 
                 use_channels_last_group_norm(self.vae.encoder)
+                from curation.vae_encoder import supports_deferred_bias
+
+                # convolution biases deferred into the GroupNorm statistics: no extra pass per conv -> norm
+                self._deferred_bias = supports_deferred_bias(self.vae.encoder)
         self._moments = self._vae_moments
         if spec.compile:  # the VAE only: the compiled CLIP tower ran slower than eager (RESULTS.md)
             mode = None if spec.compile_mode == "default" else spec.compile_mode
@@ -525,7 +530,12 @@ class Encoders:
 
     def _vae_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What ``vae.encode(x).latent_dist`` holds: posterior mean and clamped log-variance."""
-        h = self.vae.encoder(x)
+        if self._deferred_bias:
+            from curation.vae_encoder import encoder_forward
+
+            h = encoder_forward(self.vae.encoder, x)
+        else:
+            h = self.vae.encoder(x)
         if self.vae.quant_conv is not None:
             h = self.vae.quant_conv(h)
         mean, logvar = h.chunk(2, dim=1)

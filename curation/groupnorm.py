@@ -52,6 +52,7 @@ if triton is not None:
     @triton.jit
     def _partial_stats_kernel(
         x_ptr,
+        b_ptr,
         mean_ptr,
         m2_ptr,
         rows,
@@ -60,9 +61,11 @@ if triton is not None:
         C: tl.constexpr,
         G: tl.constexpr,
         BLOCK_R: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
     ):
         """One program = one (image, chunk of rows); writes the chunk's per-group mean and centred sum of
-        squares (fp32). x is the image batch as (N, rows, C) contiguous (channels_last)."""
+        squares (fp32) of x (+ the per-channel bias b when HAS_BIAS). x is the image batch as (N, rows, C)
+        contiguous (channels_last)."""
         CPG: tl.constexpr = C // G
         pid = tl.program_id(0)
         n = pid // chunks
@@ -73,11 +76,15 @@ if triton is not None:
         base = x_ptr + n.to(tl.int64) * rows * C
         mean = tl.zeros([G], dtype=tl.float32)
         m2 = tl.zeros([G], dtype=tl.float32)
+        if HAS_BIAS:
+            b = tl.load(b_ptr + offs_c).to(tl.float32)
         for start in range(r0, r_end, BLOCK_R):
             r = start + offs_r
             valid = r < r_end
             ptrs = base + r.to(tl.int64)[:, None] * C + offs_c[None, :]
             x = tl.load(ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                x = tl.where(valid[:, None], x + b[None, :], 0.0)
             n_tile = tl.sum(valid.to(tl.float32), axis=0) * CPG
             xg = tl.reshape(x, [BLOCK_R, G, CPG])
             tile_mean = tl.sum(tl.sum(xg, axis=2), axis=0) / n_tile
@@ -115,14 +122,19 @@ def _programs_target(device: torch.device) -> int:
 
 
 @torch.library.custom_op("sv4d2::group_norm_stats", mutates_args=())
-def group_norm_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def group_norm_stats(
+    x: torch.Tensor, groups: int, eps: float, pre_bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(image, group) mean and 1/sqrt(var + eps), fp32 (N, groups), of a channels_last (N, C, H, W)
-    tensor (biased variance, as GroupNorm). Requires ``kernel_applies(x, groups)``."""
+    tensor plus an optional per-channel ``pre_bias`` (C,) added on load (biased variance, as GroupNorm).
+    Requires ``kernel_applies(x, groups)``."""
     if not kernel_applies(x, groups):
         raise ValueError(
             f"group_norm_stats needs a channels_last CUDA tensor with power-of-two channels and groups; got "
             f"shape {tuple(x.shape)}, groups {groups}, device {x.device}"
         )
+    if pre_bias is not None and pre_bias.shape != (x.shape[1],):
+        raise ValueError(f"pre_bias must have shape ({x.shape[1]},), got {tuple(pre_bias.shape)}")
     n, c, h, w = x.shape
     rows = h * w
     chunks = max(1, min(math.ceil(rows / _MIN_ROWS_PER_PROGRAM), math.ceil(_programs_target(x.device) / n)))
@@ -132,7 +144,17 @@ def group_norm_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Te
     part_mean = torch.empty(n * chunks * groups, device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
     _partial_stats_kernel[(n * chunks,)](
-        x, part_mean, part_m2, rows, rows_per_prog, chunks, C=c, G=groups, BLOCK_R=block_r
+        x,
+        x if pre_bias is None else pre_bias.contiguous(),
+        part_mean,
+        part_m2,
+        rows,
+        rows_per_prog,
+        chunks,
+        C=c,
+        G=groups,
+        BLOCK_R=block_r,
+        HAS_BIAS=pre_bias is not None,
     )
     # Merge the chunks (Chan's parallel formula): few numbers, plain torch.
     part_mean = part_mean.view(n, chunks, groups)
@@ -146,20 +168,30 @@ def group_norm_stats(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Te
 
 
 @group_norm_stats.register_fake
-def _(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _(
+    x: torch.Tensor, groups: int, eps: float, pre_bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (x.shape[0], groups)
     return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
 
 
 def group_norm(
-    x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    pre_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``F.group_norm`` with the Triton statistics where they apply (same values within float rounding)."""
-    if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)):
+    """``F.group_norm(x + pre_bias)`` with the Triton statistics where they apply (same values within float
+    rounding). ``pre_bias`` (C,) is a per-channel bias not yet added to ``x`` (a convolution's, deferred so
+    that ``x + pre_bias`` is never written out: see curation.vae_encoder)."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
+    if grad or not kernel_applies(x, groups):
+        if pre_bias is not None:
+            x = x + pre_bias.to(x.dtype)[None, :, None, None]
         return F.group_norm(x, groups, weight, bias, eps)
-    if not kernel_applies(x, groups):
-        return F.group_norm(x, groups, weight, bias, eps)
-    mean, rstd = torch.ops.sv4d2.group_norm_stats(x, groups, eps)
+    mean, rstd = torch.ops.sv4d2.group_norm_stats(x, groups, eps, pre_bias)
     cpg = x.shape[1] // groups
     scale = rstd.repeat_interleave(cpg, dim=1)  # (N, C)
     shift = -mean.repeat_interleave(cpg, dim=1) * scale
@@ -168,6 +200,8 @@ def group_norm(
         shift = shift * weight.float()
     if bias is not None:
         shift = shift + bias.float()
+    if pre_bias is not None:  # (x + p) * scale + shift: the deferred bias folds into the shift
+        shift = shift + pre_bias.float() * scale
     return (x * scale[:, :, None, None] + shift[:, :, None, None]).to(x.dtype)
 
 
@@ -179,8 +213,8 @@ class ChannelsLastGroupNorm(nn.Module):
         self.num_groups, self.num_channels, self.eps = gn.num_groups, gn.num_channels, gn.eps
         self.weight, self.bias = gn.weight, gn.bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+    def forward(self, x: torch.Tensor, pre_bias: torch.Tensor | None = None) -> torch.Tensor:
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, pre_bias)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"

@@ -64,6 +64,23 @@ def check_outputs() -> None:
         )
 
 
+def check_pre_bias() -> None:
+    """Statistics and outputs of GroupNorm(x + b) with b added on load, never written out."""
+    g = torch.Generator().manual_seed(2)
+    for n, c, h, w, groups, off in SHAPES[:3]:
+        x = channels_last(torch.randn(n, c, h, w, generator=g) * 2 + off)
+        pre = torch.randn(c, generator=g) * 3
+        weight, bias = torch.randn(c, generator=g), torch.randn(c, generator=g)
+        xd = x.double() + pre.double()[None, :, None, None]
+        mean, rstd = torch.ops.sv4d2.group_norm_stats(x, groups, 1e-6, pre)
+        ref_mean = xd.contiguous().view(n, groups, -1).mean(-1)
+        err_mean = ((mean.double() - ref_mean).abs() / (1.0 + ref_mean.abs())).max().item()
+        ref = F.group_norm(xd, groups, weight.double(), bias.double(), 1e-6)
+        err = (group_norm(x, groups, weight, bias, 1e-6, pre_bias=pre).double() - ref).abs().max().item()
+        assert err_mean < 1e-6 and err < 1e-4, (n, c, h, w, err_mean, err)
+        print(f"pre_bias {(n, c, h, w, groups, off)}: mean rel err {err_mean:.1e}, output max err {err:.1e}")
+
+
 def check_compiled() -> None:
     x = channels_last(torch.randn(2, 32, 12, 12))
     weight, bias = torch.randn(32), torch.randn(32)
@@ -88,11 +105,19 @@ def check_vae_encoder() -> None:
     err = (after - before).abs().max().item()
     assert err < 1e-4, err
     print(f"tiny VAE encoder: {replaced} GroupNorms replaced, max output difference {err:.1e}")
+    from curation.vae_encoder import encoder_forward, supports_deferred_bias
+
+    assert supports_deferred_bias(vae.encoder)
+    deferred = encoder_forward(vae.encoder, x)
+    err = (deferred - before).abs().max().item()
+    assert err < 1e-4, err
+    print(f"tiny VAE encoder, deferred convolution biases: max output difference {err:.1e}")
 
 
 if __name__ == "__main__":
     check_statistics()
     check_outputs()
+    check_pre_bias()
     check_compiled()
     check_vae_encoder()
     print("all groupnorm checks passed")
