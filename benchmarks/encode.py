@@ -143,6 +143,29 @@ def time_calls(fn: Callable, inputs: list, iters: int, warmup: int, cuda: bool) 
     return times
 
 
+def cuda_graphed(fn: Callable, shape: tuple[int, ...], dtype: torch.dtype) -> Callable:
+    """``fn`` captured once in a CUDA graph for inputs of one shape: a call copies the input into the
+    graph's buffer and replays every kernel without Python or launch overhead between them."""
+    static_in = torch.zeros(shape, device="cuda", dtype=dtype)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode(), torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the capture (cuBLAS workspaces, lazy inits)
+            fn(static_in)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        static_out = fn(static_in)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    run.captured = fn  # the graph reads fn's weights in place: they must outlive it
+    return run
+
+
 def kernel_profile(fn: Callable, x: torch.Tensor, rows: int = 14) -> str:
     """Where one call's GPU time goes (top kernels by self time)."""
     from torch.profiler import ProfilerActivity, profile
@@ -239,7 +262,8 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
         fn = vae_moments(model)
         t0 = time.monotonic()
         if compile_mode is not None:
-            fn = torch.compile(fn, mode=compile_mode or None)
+            # static shapes: a later variant at another batch size would otherwise turn this graph dynamic
+            fn = torch.compile(fn, mode=compile_mode or None, dynamic=False)
         xs = [torch.rand(batch, 3, RES, RES, device=dev, generator=g) * 2 - 1 for _ in range(2)]
         xs = [
             x.to(dtype).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
@@ -267,7 +291,12 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
         model = copy.deepcopy(clip32).to(torch.bfloat16)
         if sdpa:
             use_sdpa_attention(model)
-        fn = model if compile_mode is None else torch.compile(model, mode=compile_mode or None)
+        if compile_mode == "cuda-graph":  # --smoke on the CPU: eager
+            fn = cuda_graphed(model, (batch, 3, 224, 224), torch.bfloat16) if cuda else model
+        elif compile_mode is not None:
+            fn = torch.compile(model, mode=compile_mode or None, dynamic=False)
+        else:
+            fn = model
         t0 = time.monotonic()
         xs = [torch.randn(batch, 3, 224, 224, device=dev, generator=g).to(torch.bfloat16) for _ in range(2)]
         times = time_calls(fn, xs, iters=args.iters, warmup=3, cuda=cuda)
@@ -321,7 +350,7 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
             (att, clip_eager, "pipeline bf16 compiled VAE (no Triton GN), eager CLIP on a side stream"),
         ]
         dtype = bf16
-    elif args.variants in ("deferred", "deferred-autotune"):
+    elif args.variants in ("deferred", "deferred-autotune", "deferred-streams", "clip-graphs"):
         from curation.encoders import use_matmul_attention
         from curation.groupnorm import use_channels_last_group_norm
 
@@ -334,18 +363,33 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
             m.encoder.forward = functools.partial(encoder_forward, m.encoder)
 
         clips = {"clip bf16 eager": clip_variant("clip bf16 eager", None, 32)}
-        clips["clip bf16 SDPA eager"] = clip_variant("clip bf16 SDPA eager", None, 32, sdpa=True)
-        clips["clip bf16 SDPA compiled"] = clip_variant("clip bf16 SDPA compiled", "", 32, sdpa=True)
-        if args.variants == "deferred":
+        if args.variants == "deferred-streams":
+            pass
+        elif args.variants == "clip-graphs":
+            clips["clip bf16 eager, CUDA graph"] = clip_variant(
+                "clip bf16 eager, CUDA graph", "cuda-graph", 32
+            )
+            clip_variant("clip bf16 eager, CUDA graph, batch 64", "cuda-graph", 64)
+            if cuda:
+                model = copy.deepcopy(clip32).to(torch.bfloat16)
+                x = torch.randn(32, 3, 224, 224, device=dev, generator=g).to(torch.bfloat16)
+                print(kernel_profile(model, x, rows=12), flush=True)
+        elif args.variants == "deferred":
+            clips["clip bf16 SDPA eager"] = clip_variant("clip bf16 SDPA eager", None, 32, sdpa=True)
+            clips["clip bf16 SDPA compiled"] = clip_variant("clip bf16 SDPA compiled", "", 32, sdpa=True)
             clips["clip bf16 SDPA max-autotune"] = clip_variant(
                 "clip bf16 SDPA max-autotune", "max-autotune-no-cudagraphs", 32, sdpa=True
             )
+        else:  # larger batches: fewer partial waves of GEMM tiles (M = batch x 257 tokens)
+            for b in (64, 128):
+                clip_variant(f"clip bf16 eager, batch {b}", None, b)
         speeds = {r["variant"]: r["img_s"] for r in rows}
         best_clip = max((k for k in clips if clips[k] is not None), key=lambda k: speeds.get(k, 0))
         print(f"fastest CLIP: {best_clip}", flush=True)
-        mode = "" if args.variants == "deferred" else "max-autotune-no-cudagraphs"
-        tag = "compiled" if args.variants == "deferred" else "max-autotune"
-        need = 0.0 if args.variants == "deferred" else args.autotune_s
+        autotune = args.variants == "deferred-autotune"
+        mode = "max-autotune-no-cudagraphs" if autotune else ""
+        tag = "max-autotune" if autotune else "compiled"
+        need = args.autotune_s if autotune else 0.0
         if args.variants == "deferred":
             vae_variant(
                 f"vae bf16 {tag} cl + matmul attn + Triton GN stats", bf16, True, mode, 32, False, 0, attn_gn
@@ -361,7 +405,39 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
             deferred,
         )
         pairs = [(dvae, clips[best_clip], f"pipeline bf16 {tag} VAE + deferred bias, {best_clip}")]
-        if best_clip != "clip bf16 eager":
+        if args.variants == "deferred-streams":
+            ce = clips["clip bf16 eager"]
+            pairs += [
+                (dvae, ce, f"pipeline {tag} deferred, CLIP on a side stream", {"streams": "side"}),
+                (
+                    dvae,
+                    ce,
+                    f"pipeline {tag} deferred, CLIP on a high-priority stream",
+                    {"streams": "clip-high"},
+                ),
+                (
+                    dvae,
+                    ce,
+                    f"pipeline {tag} deferred, VAE on a high-priority stream",
+                    {"streams": "vae-high"},
+                ),
+            ]
+            d64 = vae_variant(
+                f"vae bf16 {tag} deferred bias, batch 64", bf16, True, mode, 64, False, 0, deferred
+            )
+            pairs.append((d64, ce, f"pipeline {tag} deferred, batch 64", {"batch": 64}))
+        elif args.variants == "clip-graphs":
+            pairs += [
+                (dvae, clips["clip bf16 eager, CUDA graph"], f"pipeline {tag} deferred, CLIP CUDA graph"),
+                (
+                    dvae,
+                    clips["clip bf16 eager"],
+                    f"pipeline {tag} deferred, CLIP high priority",
+                    {"streams": "clip-high"},
+                ),
+                (dvae, clips["clip bf16 eager"], f"pipeline {tag} deferred, one CUDA graph", {"graph": True}),
+            ]
+        elif best_clip != "clip bf16 eager":
             pairs.append(
                 (dvae, clips["clip bf16 eager"], f"pipeline bf16 {tag} VAE + deferred bias, clip bf16 eager")
             )
@@ -394,28 +470,60 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
         ]
 
     def run_pairs(pairs: list) -> None:
-        for vae_fn, clip_fn, label in pairs:
+        """Each entry: (vae_fn, clip_fn, label[, {"batch": B, "streams": S}]); S is None (one stream),
+        "side" (CLIP on a second stream), "clip-high" (that stream at high priority) or "vae-high" (the VAE
+        on a high-priority stream, CLIP on a normal one)."""
+        for vae_fn, clip_fn, label, *more in pairs:
+            opts = more[0] if more else {}
             if vae_fn is None or clip_fn is None or over_budget(label):
                 continue
-            batch = 32
+            batch = opts.get("batch", 32)
             host = [torch.randint(0, 256, (batch, RES, RES, 4), dtype=torch.uint8) for _ in range(2)]
             host = [h.pin_memory() for h in host] if cuda else host
+            streams = opts.get("streams", "side" if "side stream" in label else None)
+            clip_stream = vae_stream = None
+            if cuda and streams is not None:
+                high = -10  # clamped by PyTorch to the device's highest priority
+                clip_stream = torch.cuda.Stream(priority=high if streams == "clip-high" else 0)
+                vae_stream = torch.cuda.Stream(priority=high) if streams == "vae-high" else None
 
-            side = torch.cuda.Stream() if cuda and "side stream" in label else None
+            if cuda and opts.get("graph"):  # everything after the upload replayed from one CUDA graph
 
-            def pipeline(rgba_host: torch.Tensor, vae_fn=vae_fn, clip_fn=clip_fn, side=side) -> None:
+                def gpu_part(rgba, vae_fn=vae_fn, clip_fn=clip_fn):
+                    rgb = composite_on_white(rgba)
+                    x = vae_input(rgb).to(dtype).contiguous(memory_format=torch.channels_last)
+                    mean, std = vae_fn(x)
+                    return mean, std, clip_fn(clip_preprocess(rgb, 224).to(bf16))
+
+                graphed = cuda_graphed(gpu_part, tuple(host[0].shape), torch.uint8)
+
+                def pipeline(rgba_host, graphed=graphed) -> None:
+                    for t in graphed(rgba_host.to(dev, non_blocking=True)):
+                        t.to(torch.float16).to("cpu", non_blocking=True)
+
+                record(label, batch, time_calls(pipeline, host, iters=args.iters, warmup=2, cuda=cuda))
+                continue
+
+            def pipeline(rgba_host, vae_fn=vae_fn, clip_fn=clip_fn, cs=clip_stream, vs=vae_stream) -> None:
                 rgb = composite_on_white(rgba_host.to(dev, non_blocking=True))
                 x = vae_input(rgb).to(dtype).contiguous(memory_format=torch.channels_last)
                 clip_in = clip_preprocess(rgb, 224).to(bf16)
-                if side is None:
+                if cs is None:
                     mean, std = vae_fn(x)
                     emb = clip_fn(clip_in)
-                else:  # CLIP's matmuls overlap the VAE's memory-bound GroupNorm/SiLU kernels
-                    side.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(side):
+                else:  # CLIP's matmuls may overlap the VAE's memory-bound GroupNorm/SiLU kernels
+                    main = torch.cuda.current_stream()
+                    cs.wait_stream(main)
+                    with torch.cuda.stream(cs):
                         emb = clip_fn(clip_in)
-                    mean, std = vae_fn(x)
-                    torch.cuda.current_stream().wait_stream(side)
+                    if vs is None:
+                        mean, std = vae_fn(x)
+                    else:
+                        vs.wait_stream(main)
+                        with torch.cuda.stream(vs):
+                            mean, std = vae_fn(x)
+                        main.wait_stream(vs)
+                    main.wait_stream(cs)
                 for t in (mean, std, emb):
                     t.to(torch.float16).to("cpu", non_blocking=True)
 
@@ -468,10 +576,12 @@ def main() -> int:
     parser.add_argument("--out", default="", help="write all numbers as JSON here")
     parser.add_argument(
         "--variants",
-        choices=["all", "fixes", "gn", "deferred", "deferred-autotune"],
+        choices=["all", "fixes", "gn", "deferred", "deferred-autotune", "deferred-streams", "clip-graphs"],
         default="all",
         help="GPU: which variant set (deferred: CLIP through SDPA and the VAE with deferred conv biases, "
-        "compiled in the default mode; deferred-autotune: the same VAE with max-autotune)",
+        "compiled in the default mode; deferred-autotune: the same VAE with max-autotune; deferred-streams: "
+        "CLIP and VAE on concurrent streams with priorities, and batch 64; clip-graphs: CLIP replayed from a "
+        "CUDA graph)",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="run the GPU code path on the CPU with tiny models"

@@ -310,6 +310,11 @@ class EncoderSpec:
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"
+    static_batch: int = 0
+    """> 0: the VAE always sees batches of exactly this many images (larger ones are split, the last part is
+    padded), so a compiled VAE is compiled once: a new batch size would recompile it (minutes with
+    max-autotune) and PyTorch's automatic dynamic shapes would then make every later batch take a slower
+    dynamic-shape graph. Set from encode.batch_size when compiling."""
     official_checkpoint: str = ""
     """When set: VAE and CLIP weights from this official .safetensors (vae_path/clip_pretrained unused)."""
     official_vae_config: str = ""
@@ -359,6 +364,7 @@ def resolve_spec(cfg: Any, out_dir: str | Path, device: str) -> EncoderSpec:
         channels_last=cfg.channels_last,
         compile=cfg.compile and device == "cuda",
         compile_mode=cfg.compile_mode,
+        static_batch=cfg.batch_size if cfg.compile and device == "cuda" else 0,
     )
 
 
@@ -472,6 +478,12 @@ def use_matmul_attention(vae: torch.nn.Module) -> int:
     return count
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
+
+
 @dataclass
 class EncodedImages:
     """Per-image encodings, float32 numpy: mean/std (N, 4, H/8, W/8) unscaled, clip (N, D)."""
@@ -526,7 +538,7 @@ class Encoders:
         self._moments = self._vae_moments
         if spec.compile:  # the VAE only: the compiled CLIP tower ran slower than eager (RESULTS.md)
             mode = None if spec.compile_mode == "default" else spec.compile_mode
-            self._moments = torch.compile(self._vae_moments, mode=mode)
+            self._moments = torch.compile(self._vae_moments, mode=mode, dynamic=False)
 
     def _vae_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What ``vae.encode(x).latent_dist`` holds: posterior mean and clamped log-variance."""
@@ -541,6 +553,23 @@ class Encoders:
         mean, logvar = h.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
+    def _static_batches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_moments`` over batches of exactly ``spec.static_batch`` images (padded with copies of the last
+        image, whose results are dropped); all of ``x`` at once when ``static_batch`` is 0."""
+        size, n = self.spec.static_batch, x.shape[0]
+        if size <= 0 or n == size:
+            return self._moments(x)
+        means, logvars = [], []
+        for start in range(0, n, size):
+            part = x[start : start + size]
+            if part.shape[0] < size:
+                pad = part[-1:].expand(size - part.shape[0], *part.shape[1:])
+                part = torch.cat([part, pad]).contiguous(memory_format=_memory_format(x))
+            mean, logvar = self._moments(part)
+            means.append(mean)
+            logvars.append(logvar)
+        return torch.cat(means)[:n], torch.cat(logvars)[:n]
+
     def info(self) -> dict[str, Any]:
         """What the latent meta records about the encoders (`describe_encoders` of the spec)."""
         return describe_encoders(self.spec)
@@ -552,7 +581,7 @@ class Encoders:
         x = vae_input(rgb).to(self.dtype)
         if self.spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        mean, logvar = self._moments(x)
+        mean, logvar = self._static_batches(x)
         mean = mean.float()
         # std from the clamped logvar in float32: exp in bf16 would lose precision for nothing
         std = torch.exp(0.5 * logvar.float())

@@ -177,3 +177,18 @@ def test_matmul_attention_is_the_same_function(tiny_paths):
         got = vae.encode(x).latent_dist
     torch.testing.assert_close(got.mean, want.mean, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.logvar, want.logvar, rtol=1e-5, atol=1e-5)
+
+
+def test_static_batch_splits_and_pads_so_the_vae_sees_one_shape(tiny_paths, encoders):
+    """A compiled VAE must see one batch size (else it recompiles, then goes dynamic-shape and slower)."""
+    static = Encoders(EncoderSpec(**tiny_paths, tiny=True, static_batch=4))
+    seen = []
+    moments = static._moments
+    static._moments = lambda x: seen.append(tuple(x.shape)) or moments(x)
+    for n in (1, 4, 6, 9):
+        rgba = _rgba(n=n, seed=n)
+        out, ref = static.encode(rgba), encoders.encode(rgba)
+        assert out.mean.shape[0] == out.std.shape[0] == out.clip.shape[0] == n
+        np.testing.assert_allclose(out.mean, ref.mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out.std, ref.std, rtol=1e-5, atol=1e-5)
+    assert {s[0] for s in seen} == {4} and len(seen) == 1 + 1 + 2 + 3
