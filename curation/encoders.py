@@ -529,11 +529,10 @@ class Encoders:
             use_matmul_attention(self.vae)
             if spec.channels_last:  # Triton GroupNorm statistics: 233 -> 272 img/s compiled (RESULTS.md)
                 from curation.groupnorm import use_channels_last_group_norm
-
-                use_channels_last_group_norm(self.vae.encoder)
                 from curation.vae_encoder import supports_deferred_bias
 
-                # convolution biases deferred into the GroupNorm statistics: no extra pass per conv -> norm
+                use_channels_last_group_norm(self.vae.encoder)
+                # biases deferred into the GroupNorm statistics: no extra pass per conv -> norm (267 -> 293)
                 self._deferred_bias = supports_deferred_bias(self.vae.encoder)
         self._moments = self._vae_moments
         if spec.compile:  # the VAE only: the compiled CLIP tower ran slower than eager (RESULTS.md)
