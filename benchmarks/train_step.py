@@ -153,6 +153,15 @@ def profile_step(net, ema, opt, batch, device, fwd, top: int = 25) -> tuple[str,
     ]
     for name, (t, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
         lines.append(f"| {name[:90]} | {kernel_category(name)} | {n} | {t:.1f} | {t / total:.1%} |")
+    triton = [(k, v) for k, v in kernels.items() if kernel_category(k) == "Triton (compiled regions)"]
+    lines += [
+        "",
+        f"top {top} Triton kernels (names say what Inductor fused):",
+        "| kernel | calls | ms |",
+        "|---|---|---|",
+    ]
+    for name, (t, n) in sorted(triton, key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| {name[:120]} | {n} | {t:.1f} |")
     return "\n".join(lines), cats
 
 
