@@ -5,6 +5,10 @@ PyTorch's fused fast path; under ``torch.compile`` it is traced through ``F.mult
 the compiled ViT-H-14 tower ran slower than eager on an H100 (962 vs 1,321 images/s, benchmarks/RESULTS.md).
 :class:`SdpaSelfAttention` computes the same self-attention from the same parameters as one packed input
 projection, one SDPA call (flash / cuDNN kernels) and the output projection, which Inductor compiles as is.
+
+Measured on an H100 (benchmarks/RESULTS.md, encode run 4): no faster eager (1,292 vs 1,315 images/s) and
+still slower compiled (1,207), so :class:`curation.encoders.Encoders` keeps open_clip's own attention and runs
+the tower eager; this module stays for ``benchmarks/encode.py --variants deferred``, which reproduces that.
 """
 
 from __future__ import annotations
