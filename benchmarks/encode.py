@@ -363,9 +363,7 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
             m.encoder.forward = functools.partial(encoder_forward, m.encoder)
 
         clips = {"clip bf16 eager": clip_variant("clip bf16 eager", None, 32)}
-        if args.variants == "deferred-streams":
-            pass
-        elif args.variants == "clip-graphs":
+        if args.variants == "clip-graphs":
             clips["clip bf16 eager, CUDA graph"] = clip_variant(
                 "clip bf16 eager, CUDA graph", "cuda-graph", 32
             )
@@ -374,13 +372,13 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
                 model = copy.deepcopy(clip32).to(torch.bfloat16)
                 x = torch.randn(32, 3, 224, 224, device=dev, generator=g).to(torch.bfloat16)
                 print(kernel_profile(model, x, rows=12), flush=True)
-        elif args.variants == "deferred":
+        if args.variants == "deferred":
             clips["clip bf16 SDPA eager"] = clip_variant("clip bf16 SDPA eager", None, 32, sdpa=True)
             clips["clip bf16 SDPA compiled"] = clip_variant("clip bf16 SDPA compiled", "", 32, sdpa=True)
             clips["clip bf16 SDPA max-autotune"] = clip_variant(
                 "clip bf16 SDPA max-autotune", "max-autotune-no-cudagraphs", 32, sdpa=True
             )
-        else:  # larger batches: fewer partial waves of GEMM tiles (M = batch x 257 tokens)
+        if args.variants == "deferred-autotune":  # larger batches: fewer partial waves of GEMM tiles
             for b in (64, 128):
                 clip_variant(f"clip bf16 eager, batch {b}", None, b)
         speeds = {r["variant"]: r["img_s"] for r in rows}
@@ -435,7 +433,6 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
                     f"pipeline {tag} deferred, CLIP high priority",
                     {"streams": "clip-high"},
                 ),
-                (dvae, clips["clip bf16 eager"], f"pipeline {tag} deferred, one CUDA graph", {"graph": True}),
             ]
         elif best_clip != "clip bf16 eager":
             pairs.append(
@@ -486,23 +483,6 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
                 high = -10  # clamped by PyTorch to the device's highest priority
                 clip_stream = torch.cuda.Stream(priority=high if streams == "clip-high" else 0)
                 vae_stream = torch.cuda.Stream(priority=high) if streams == "vae-high" else None
-
-            if cuda and opts.get("graph"):  # everything after the upload replayed from one CUDA graph
-
-                def gpu_part(rgba, vae_fn=vae_fn, clip_fn=clip_fn):
-                    rgb = composite_on_white(rgba)
-                    x = vae_input(rgb).to(dtype).contiguous(memory_format=torch.channels_last)
-                    mean, std = vae_fn(x)
-                    return mean, std, clip_fn(clip_preprocess(rgb, 224).to(bf16))
-
-                graphed = cuda_graphed(gpu_part, tuple(host[0].shape), torch.uint8)
-
-                def pipeline(rgba_host, graphed=graphed) -> None:
-                    for t in graphed(rgba_host.to(dev, non_blocking=True)):
-                        t.to(torch.float16).to("cpu", non_blocking=True)
-
-                record(label, batch, time_calls(pipeline, host, iters=args.iters, warmup=2, cuda=cuda))
-                continue
 
             def pipeline(rgba_host, vae_fn=vae_fn, clip_fn=clip_fn, cs=clip_stream, vs=vae_stream) -> None:
                 rgb = composite_on_white(rgba_host.to(dev, non_blocking=True))

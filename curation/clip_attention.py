@@ -50,8 +50,10 @@ class SdpaSelfAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         **kwargs: object,
     ) -> tuple[torch.Tensor, None]:
-        if key is not query or value is not query or attn_mask is not None or need_weights or kwargs:
+        if key is not query or value is not query or attn_mask is not None or need_weights:
             raise ValueError("SdpaSelfAttention: self-attention only, without masks or attention weights")
+        if kwargs:
+            raise ValueError(f"SdpaSelfAttention: unsupported arguments {sorted(kwargs)}")
         b, n, c = query.shape
         h = self.num_heads
         qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, h, c // h)

@@ -314,7 +314,8 @@ class EncoderSpec:
     """> 0: the VAE always sees batches of exactly this many images (larger ones are split, the last part is
     padded), so a compiled VAE is compiled once: a new batch size would recompile it (minutes with
     max-autotune) and PyTorch's automatic dynamic shapes would then make every later batch take a slower
-    dynamic-shape graph. Set from encode.batch_size when compiling."""
+    dynamic-shape graph. Set from encode.batch_size when compiling. Applies per call of ``encode`` (the
+    actor calls it once per image resolution in a batch), so mixed resolutions in one batch pad each group."""
     official_checkpoint: str = ""
     """When set: VAE and CLIP weights from this official .safetensors (vae_path/clip_pretrained unused)."""
     official_vae_config: str = ""
@@ -532,8 +533,9 @@ class Encoders:
                 from curation.vae_encoder import supports_deferred_bias
 
                 use_channels_last_group_norm(self.vae.encoder)
-                # biases deferred into the GroupNorm statistics: no extra pass per conv -> norm (267 -> 293)
-                self._deferred_bias = supports_deferred_bias(self.vae.encoder)
+                # biases deferred into the GroupNorm statistics: no extra pass per conv -> norm, 267 -> 293
+                # img/s compiled; eager, the residual's bias add would be a pass of its own (not measured)
+                self._deferred_bias = spec.compile and supports_deferred_bias(self.vae.encoder)
         self._moments = self._vae_moments
         if spec.compile:  # the VAE only: the compiled CLIP tower ran slower than eager (RESULTS.md)
             mode = None if spec.compile_mode == "default" else spec.compile_mode
@@ -575,7 +577,9 @@ class Encoders:
 
     @torch.inference_mode()
     def encode(self, rgba: np.ndarray | torch.Tensor) -> EncodedImages:
-        """uint8 RGBA (N, H, W, 4) -> EncodedImages (float32); H, W multiples of 8."""
+        """uint8 RGBA (N, H, W, 4) -> EncodedImages (float32); N >= 1, H and W multiples of 8."""
+        if len(rgba) == 0:
+            raise ValueError("Encoders.encode needs at least one image")
         rgb = composite_on_white(torch.as_tensor(rgba).to(self.device))  # uint8 over the bus, not float
         x = vae_input(rgb).to(self.dtype)
         if self.spec.channels_last:

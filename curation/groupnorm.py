@@ -133,8 +133,11 @@ def group_norm_stats(
             f"group_norm_stats needs a channels_last CUDA tensor with power-of-two channels and groups; got "
             f"shape {tuple(x.shape)}, groups {groups}, device {x.device}"
         )
-    if pre_bias is not None and pre_bias.shape != (x.shape[1],):
-        raise ValueError(f"pre_bias must have shape ({x.shape[1]},), got {tuple(pre_bias.shape)}")
+    if pre_bias is not None and (pre_bias.shape != (x.shape[1],) or pre_bias.device != x.device):
+        raise ValueError(
+            f"pre_bias must have shape ({x.shape[1]},) on {x.device}, got {tuple(pre_bias.shape)} on "
+            f"{pre_bias.device}"
+        )
     n, c, h, w = x.shape
     rows = h * w
     chunks = max(1, min(math.ceil(rows / _MIN_ROWS_PER_PROGRAM), math.ceil(_programs_target(x.device) / n)))

@@ -33,12 +33,14 @@ def _plain_norm(norm: object) -> bool:
     return isinstance(norm, nn.GroupNorm | ChannelsLastGroupNorm) and norm.weight is not None
 
 
-def _plain_resnet(block: nn.Module) -> bool:
+def _plain_resnet(block: object) -> bool:
     from diffusers.models.resnet import ResnetBlock2D
 
+    if type(block) is not ResnetBlock2D:  # exact type: a subclass may have its own forward
+        return False
+    shortcut = block.conv_shortcut
     return (
-        isinstance(block, ResnetBlock2D)
-        and block.time_emb_proj is None
+        block.time_emb_proj is None
         and block.upsample is None
         and block.downsample is None
         and block.time_embedding_norm == "default"
@@ -47,32 +49,48 @@ def _plain_resnet(block: nn.Module) -> bool:
         and _plain_conv(block.conv1)
         and _plain_conv(block.conv2)
         and (
-            block.conv_shortcut is None
-            or (_plain_conv(block.conv_shortcut) and tuple(block.conv_shortcut.kernel_size) == (1, 1))
+            shortcut is None
+            or (  # conv(x + b) = conv(x) + W @ b holds for a 1x1, unpadded, stride-1 convolution only
+                _plain_conv(shortcut)
+                and tuple(shortcut.kernel_size) == (1, 1)
+                and tuple(shortcut.padding) == (0, 0)
+                and tuple(shortcut.stride) == (1, 1)
+            )
         )
     )
 
 
 def supports_deferred_bias(encoder: nn.Module) -> bool:
-    """Whether :func:`encoder_forward` handles this ``diffusers`` VAE ``Encoder`` (else use its forward)."""
+    """Whether :func:`encoder_forward` computes ``encoder(x)`` for this ``diffusers`` VAE ``Encoder``: the
+    stock encoder of ``DownEncoderBlock2D`` blocks (no attention) and a ``UNetMidBlock2D``, with plain
+    zero-padded convolutions and GroupNorms (else callers use the encoder's own forward)."""
     try:
+        from diffusers.models.autoencoders.vae import Encoder
         from diffusers.models.downsampling import Downsample2D
+        from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D
     except ImportError:  # pragma: no cover - diffusers is a dependency of the latent stage
         return False
-    mid = getattr(encoder, "mid_block", None)
-    if mid is None or not _plain_conv(getattr(encoder, "conv_in", None)):
-        return False
-    if not (_plain_norm(encoder.conv_norm_out) and isinstance(encoder.conv_act, nn.SiLU)):
-        return False
-    for block in encoder.down_blocks:
-        if not all(_plain_resnet(r) for r in block.resnets):
+    try:
+        if not isinstance(encoder, Encoder) or type(encoder).forward is not Encoder.forward:
             return False
-        for down in block.downsamplers or []:
-            if not (isinstance(down, Downsample2D) and down.use_conv and down.norm is None):
+        mid = encoder.mid_block
+        if type(mid) is not UNetMidBlock2D or len(mid.attentions) != len(mid.resnets) - 1:
+            return False
+        if not (_plain_conv(encoder.conv_in) and _plain_conv(encoder.conv_out)):
+            return False
+        if not (_plain_norm(encoder.conv_norm_out) and isinstance(encoder.conv_act, nn.SiLU)):
+            return False
+        for block in encoder.down_blocks:
+            if type(block) is not DownEncoderBlock2D or not all(_plain_resnet(r) for r in block.resnets):
                 return False
-            if not _plain_conv(down.conv):
-                return False
-    return all(_plain_resnet(r) for r in mid.resnets) and len(mid.attentions) == len(mid.resnets) - 1
+            for down in block.downsamplers or []:
+                if type(down) is not Downsample2D or not down.use_conv or down.norm is not None:
+                    return False
+                if not _plain_conv(down.conv):
+                    return False
+        return all(_plain_resnet(r) for r in mid.resnets)
+    except AttributeError:  # not the diffusers layout this was written against
+        return False
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, with_bias: bool) -> torch.Tensor:

@@ -67,7 +67,7 @@ def check_outputs() -> None:
 def check_pre_bias() -> None:
     """Statistics and outputs of GroupNorm(x + b) with b added on load, never written out."""
     g = torch.Generator().manual_seed(2)
-    for n, c, h, w, groups, off in SHAPES[:3]:
+    for n, c, h, w, groups, off in SHAPES:  # the last two have several row chunks per image
         x = channels_last(torch.randn(n, c, h, w, generator=g) * 2 + off)
         pre = torch.randn(c, generator=g) * 3
         weight, bias = torch.randn(c, generator=g), torch.randn(c, generator=g)
@@ -78,7 +78,18 @@ def check_pre_bias() -> None:
         ref = F.group_norm(xd, groups, weight.double(), bias.double(), 1e-6)
         err = (group_norm(x, groups, weight, bias, 1e-6, pre_bias=pre).double() - ref).abs().max().item()
         assert err_mean < 1e-6 and err < 1e-4, (n, c, h, w, err_mean, err)
-        print(f"pre_bias {(n, c, h, w, groups, off)}: mean rel err {err_mean:.1e}, output max err {err:.1e}")
+        # bf16 activations and bias, as in the encoder: within one bf16 rounding of the float64 result
+        xb, preb = x.bfloat16(), pre.bfloat16()
+        refb = F.group_norm(
+            xb.double() + preb.double()[None, :, None, None], groups, weight.double(), bias.double(), 1e-6
+        )
+        yb = group_norm(xb, groups, weight, bias, 1e-6, pre_bias=preb)
+        err_b = ((yb.double() - refb).abs() / (1.0 + refb.abs())).max().item()
+        assert err_b < 2**-7, (n, c, h, w, err_b)
+        print(
+            f"pre_bias {(n, c, h, w, groups, off)}: mean rel err {err_mean:.1e}, output max err {err:.1e}, "
+            f"bf16 {err_b:.1e}"
+        )
 
 
 def check_compiled() -> None:
@@ -86,6 +97,10 @@ def check_compiled() -> None:
     weight, bias = torch.randn(32), torch.randn(32)
     eager = group_norm(x, 8, weight, bias, 1e-6)
     compiled = torch.compile(group_norm, backend="aot_eager", fullgraph=True)(x, 8, weight, bias, 1e-6)
+    assert torch.equal(eager, compiled)
+    pre = torch.randn(32)
+    eager = group_norm(x, 8, weight, bias, 1e-6, pre)
+    compiled = torch.compile(group_norm, backend="aot_eager", fullgraph=True)(x, 8, weight, bias, 1e-6, pre)
     assert torch.equal(eager, compiled)
     print("torch.compile(aot_eager, fullgraph): equal to eager")
 

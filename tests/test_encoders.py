@@ -192,3 +192,14 @@ def test_static_batch_splits_and_pads_so_the_vae_sees_one_shape(tiny_paths, enco
         np.testing.assert_allclose(out.mean, ref.mean, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(out.std, ref.std, rtol=1e-5, atol=1e-5)
     assert {s[0] for s in seen} == {4} and len(seen) == 1 + 1 + 2 + 3
+    # channels_last: the padded batch keeps the layout of a full one (same strides: no recompile)
+    cl = Encoders(EncoderSpec(**tiny_paths, tiny=True, static_batch=4, channels_last=True))
+    layouts = []
+    moments_cl = cl._moments
+    cl._moments = lambda x: (
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last)) or moments_cl(x)
+    )
+    out = cl.encode(_rgba(n=6, seed=6))
+    assert out.mean.shape[0] == 6 and layouts == [True, True]
+    with pytest.raises(ValueError, match="at least one image"):
+        static.encode(_rgba(n=0))

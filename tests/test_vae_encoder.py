@@ -43,6 +43,16 @@ def test_same_function_as_the_diffusers_encoder(tiny_vae):
     torch.testing.assert_close(out_cl, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_output_scale_factor_is_applied(tiny_vae):
+    enc = copy.deepcopy(tiny_vae.encoder)
+    enc.down_blocks[1].resnets[0].output_scale_factor = 2.0
+    enc.mid_block.resnets[1].output_scale_factor = 0.5
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        ref = enc(x)
+    torch.testing.assert_close(encoder_forward(enc, x), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_full_size_sd21_encoder_is_supported_on_the_meta_device():
     from diffusers import AutoencoderKL
 
@@ -60,6 +70,27 @@ def test_unsupported_encoders_are_refused(tiny_vae):
     enc = copy.deepcopy(tiny_vae.encoder)
     enc.down_blocks[0].resnets[0].time_emb_proj = torch.nn.Linear(4, 8)
     assert not supports_deferred_bias(enc)
+    enc = copy.deepcopy(tiny_vae.encoder)
+    shortcut = next(
+        r.conv_shortcut for b in enc.down_blocks for r in b.resnets if r.conv_shortcut is not None
+    )
+    shortcut.padding = (1, 1)  # conv(x + b) = conv(x) + W @ b no longer holds at the border
+    assert not supports_deferred_bias(enc)
+    enc = copy.deepcopy(tiny_vae.encoder)
+    enc.conv_out.padding_mode = "reflect"
+    assert not supports_deferred_bias(enc)
+    assert not supports_deferred_bias(torch.nn.Conv2d(3, 3, 1))  # not an Encoder at all
+    # attention inside the down blocks (AttnDownEncoderBlock2D): a valid diffusers VAE this does not compute
+    from diffusers.models.autoencoders.vae import Encoder
+
+    attn_enc = Encoder(
+        3,
+        4,
+        down_block_types=("AttnDownEncoderBlock2D", "DownEncoderBlock2D"),
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+    ).eval()
+    assert not supports_deferred_bias(attn_enc)
     enc = copy.deepcopy(tiny_vae.encoder).train()
     with pytest.raises(ValueError, match="inference-only"):
         encoder_forward(enc, torch.zeros(1, 3, 64, 64))
