@@ -61,6 +61,41 @@ def save_full_size(work: Path) -> dict[str, str]:
     }
 
 
+def breakdown(enc: Encoders, batches: list[np.ndarray], iters: int) -> dict[str, float]:
+    """Median ms per batch of the pieces of ``enc.encode``: the upload from pageable numpy memory (host
+    clock), and on the GPU (CUDA events) the VAE, the CLIP tower, and both back to back."""
+    dev = enc.device
+
+    def events(fn) -> float:
+        out = []
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end))
+        return statistics.median(out)
+
+    def upload() -> float:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        torch.as_tensor(batches[0]).to(dev)
+        torch.cuda.synchronize()
+        return 1e3 * (time.perf_counter() - t)
+
+    with torch.inference_mode():
+        rgb = composite_on_white(torch.as_tensor(batches[0]).to(dev))
+        x = vae_input(rgb).to(enc.dtype).contiguous(memory_format=torch.channels_last)
+        clip_in = clip_preprocess(rgb, enc.clip_size).to(enc.dtype)
+        return {
+            "upload": statistics.median(upload() for _ in range(iters)),
+            "vae": events(lambda: enc._static_batches(x)),
+            "clip": events(lambda: enc.clip(clip_in)),
+            "vae+clip": events(lambda: (enc._static_batches(x), enc.clip(clip_in))),
+        }
+
+
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
@@ -118,6 +153,9 @@ def main() -> int:
     partial_s = time.perf_counter() - t
     recompiled = counters["stats"]["unique_graphs"] != graphs
 
+    parts = breakdown(enc, batches, args.iters) if device == "cuda" else {}
+    print(f"parts (ms per batch): {parts}", flush=True)
+
     # float32 models from the same files, on the first images
     n = 2
     vae32 = load_vae(paths["vae_path"], "vae", device, "float32")
@@ -136,6 +174,7 @@ def main() -> int:
         "first_call_s": round(warm_s, 1),
         "partial_batch_s": round(partial_s, 3),
         "partial_batch_recompiled": recompiled,
+        "parts_ms": parts,
         "rel_err_mean": rel_err(first.mean[:n], ref_mean),
         "rel_err_clip": rel_err(first.clip[:n], ref_clip),
         "deferred_bias": enc._deferred_bias,
