@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.encode import time_calls  # noqa: E402
 from curation.encoders import (  # noqa: E402
     Encoders,
     EncoderSpec,
@@ -67,15 +68,7 @@ def breakdown(enc: Encoders, batches: list[np.ndarray], iters: int) -> dict[str,
     dev = enc.device
 
     def events(fn) -> float:
-        out = []
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            out.append(start.elapsed_time(end))
-        return statistics.median(out)
+        return 1e3 * statistics.median(time_calls(lambda _: fn(), [None], iters, warmup=1, cuda=True))
 
     def upload() -> float:
         torch.cuda.synchronize()
