@@ -74,11 +74,10 @@ def run_checkpointed(fn, *args, policy: str = "full"):
     """
     if policy == "full":
         return checkpoint(fn, *args, use_reentrant=False)
-    context_fn = checkpoint_context(policy)
     own = getattr(fn, "selective_checkpoint", None)
     if own is not None:
         return own(policy, *args)
-    return checkpoint(fn, *args, use_reentrant=False, context_fn=context_fn)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=checkpoint_context(policy))
 
 
 @dataclass

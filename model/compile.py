@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import ResBlock, SpatioTemporalTransformer, checkpoint_context
+from .blocks import ResBlock, SpatioTemporalTransformer, checkpoint_context, run_checkpointed
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _region(
     def selective(policy: str, *args: Any) -> Any:
         x = args[arg]
         if compiled_selective is None or _tokens_per_image(x) < min_tokens:
-            return checkpoint(eager, *args, use_reentrant=False, context_fn=checkpoint_context(policy))
+            return run_checkpointed(eager, *args, policy=policy)
         key = (policy, tuple(x.shape), x.stride())
         if key not in seen:
             seen.add(key)

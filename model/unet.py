@@ -17,7 +17,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .blocks import (
     CHECKPOINT_POLICIES,
@@ -294,12 +293,10 @@ class SV4D2UNet(nn.Module):
         ckpt = self._gradient_checkpointing and torch.is_grad_enabled()
         for layer in block:
             if isinstance(layer, ResBlock):
-                if not ckpt:
-                    h = layer(h, ctx)
-                elif self.checkpoint_policy == "full":
-                    h = checkpoint(layer, h, ctx, use_reentrant=False)
-                else:
+                if ckpt:  # layer.forward: a compiled region's own selective checkpoint hangs on it
                     h = run_checkpointed(layer.forward, h, ctx, policy=self.checkpoint_policy)
+                else:
+                    h = layer(h, ctx)
             elif isinstance(layer, SpatioTemporalTransformer):
                 h = layer(h, ctx)  # checkpoints its own steps
             else:

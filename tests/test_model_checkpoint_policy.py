@@ -4,8 +4,6 @@ through the regional compile (model/compile.py, ``aot_eager`` backend)."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -13,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.blocks import LONG_ATTENTION_KEYS
-from model.compile import compile_blocks
+from tests.test_model_compile import eager_and_compiled
 from tests.test_model_network import inputs, random_model
 
 
@@ -96,11 +94,7 @@ def test_selective_equals_full_and_skips_matmul_recompute():
 
 @pytest.mark.slow
 def test_selective_composes_with_regional_compile():
-    torch._dynamo.reset()
-    counters.clear()
-    ref = random_model().train()
-    net = copy.deepcopy(ref)
-    compile_blocks(net, backend="aot_eager")
+    ref, net, _ = eager_and_compiled()
     kw = inputs(2, 3, 4, 8)
     o_ref, g_ref, _ = run(ref, kw, "full")
     for policy in ("selective", "attention"):

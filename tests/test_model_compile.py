@@ -31,13 +31,19 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.slow
-def test_regional_compile_matches_eager_with_checkpointing():
+def eager_and_compiled() -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    """A fresh Dynamo state, a random tiny network in train mode, and a copy of it with ``compile_blocks``
+    (``aot_eager``) applied; returns (eager, compiled copy, regions wrapped)."""
     torch._dynamo.reset()
     counters.clear()
     ref = random_model().train()
     net = copy.deepcopy(ref)
-    n = compile_blocks(net, backend="aot_eager")
+    return ref, net, compile_blocks(net, backend="aot_eager")
+
+
+@pytest.mark.slow
+def test_regional_compile_matches_eager_with_checkpointing():
+    ref, net, n = eager_and_compiled()
     n_res = sum(isinstance(m, ResBlock) for m in net.modules())
     n_tf = sum(isinstance(m, SpatioTemporalTransformer) for m in net.modules())
     assert n == n_res + len(TRANSFORMER_STEPS) * n_tf
