@@ -76,10 +76,12 @@ _TABLE_JS = """((selector) => {
     return Array.from(table.rows, (row) => Array.from(row.cells, (cell) => cell.innerText.trim()));
 })(%s)"""
 
-# resolves once every <img> has loaded or failed and the tasks queued before it (timers of 0, late
-# console calls of the load handlers) have run: after this, what the page shows is what it will show
-_SETTLE_JS = """Promise.all(Array.from(document.images, (img) => img.complete ? null : new Promise(
-    (done) => { img.addEventListener('load', done); img.addEventListener('error', done); })))
+# resolves once the document has loaded, every <img> has loaded or failed and the tasks queued before it
+# (timers of 0, late console calls of the load handlers) have run: then the page shows what it will show
+_SETTLE_JS = """new Promise((done) => document.readyState === 'complete' ? done()
+        : window.addEventListener('load', done))
+    .then(() => Promise.all(Array.from(document.images, (i) => i.complete ? null
+        : new Promise((done) => { i.addEventListener('load', done); i.addEventListener('error', done); }))))
     .then(() => new Promise((done) => setTimeout(done, 0)))"""
 
 
@@ -369,6 +371,7 @@ class Chromium:
             "Emulation.setDeviceMetricsOverride",
             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
         )
+        page.loaded = False  # about:blank's own load event may arrive late
         nav = page._call("Page.navigate", {"url": url})
         if nav.get("errorText"):
             raise BrowserError(f"cannot load {url}: {nav['errorText']}")

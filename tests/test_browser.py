@@ -84,15 +84,20 @@ def test_clean_page_has_no_problems_and_exact_dom_values(browser, tmp_path):
             "<div style='width:50px;height:40px;background:#c00'></div>"
             "<table class='t'><tr><th>status</th><th>n</th></tr>"
             "<tr><td>rendered</td><td> 3 </td></tr></table>"
-            "<img src='ok.png'><script>console.log('fine'); console.warn('also fine')</script>",
+            "<img src='ok.png'><script>console.log('fine'); console.warn('also fine');"
+            # an image that the load handler adds counts too
+            "addEventListener('load', () => { const i = new Image(); i.src = 'ok.png?late';"
+            "i.style.display = 'block'; document.body.append(i); });</script>",
         ),
         width=400,
         height=300,
     )
     check = page.check(tmp_path / "shot.png")
     assert check.problems == []
-    [img] = page.images()
-    assert (img.src, img.width, img.height, img.loaded) == ("ok.png", 37, 23, True)
+    assert [(i.src, i.width, i.height, i.loaded) for i in page.images()] == [
+        ("ok.png", 37, 23, True),
+        ("ok.png?late", 37, 23, True),
+    ]
     assert page.table("table.t") == [["status", "n"], ["rendered", "3"]]
     assert page.evaluate("document.title") == "clean.html"
     assert check.screenshot.shape == (300, 400, 3)
