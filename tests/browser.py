@@ -255,9 +255,12 @@ class Chromium:
     """One headless Chromium process with a fresh temporary profile; a context manager that closes it.
 
     `timeout_s` bounds each command (a page load included), so a hung browser fails the test with Chromium's
-    own output instead of hanging it."""
+    own output instead of hanging it. `extra_flags` go after FLAGS, e.g. `--allow-file-access-from-files`
+    for a page that fetch()es its data from beside itself."""
 
-    def __init__(self, executable: str | None = None, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, executable: str | None = None, timeout_s: float = 60.0, extra_flags: tuple[str, ...] = ()
+    ) -> None:
         executable = executable or find_chromium()
         if executable is None:
             raise BrowserError(f"no Chromium found ({INSTALL_HINT})")
@@ -270,7 +273,13 @@ class Chromium:
         self._buffer = b""
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-        cmd = [executable, *FLAGS, f"--user-data-dir={Path(self._home) / 'profile'}", "about:blank"]
+        cmd = [
+            executable,
+            *FLAGS,
+            *extra_flags,
+            f"--user-data-dir={Path(self._home) / 'profile'}",
+            "about:blank",
+        ]
         # HOME points into the temporary folder too: Chromium also writes ~/.pki and ~/.cache
         env = {**os.environ, "HOME": self._home}
         try:

@@ -180,3 +180,21 @@ def test_cli_reports_problems(browser, tmp_path, capsys):
     assert main([str(path), "--screenshot", str(tmp_path / "cli.png")]) == 1
     out = capsys.readouterr().out
     assert "image not loaded: nope.png" in out and (tmp_path / "cli.png").is_file()
+
+
+def test_extra_flags_reach_chromium(tmp_path):
+    """A page that fetch()es its data from beside itself (as a viewer would) needs a flag on file:// URLs."""
+    (tmp_path / "data.json").write_text('{"frames": 21}')
+    body = "<p id='n'>?</p><script>window.done = fetch('data.json').then((r) => r.json())"
+    body += ".then((d) => { document.getElementById('n').textContent = d.frames; })"
+    body += ".catch((e) => console.error(String(e)));</script>"
+    page_path = _page(tmp_path, "fetch.html", body)
+    shown = "window.done.then(() => document.getElementById('n').textContent)"
+    with Chromium(require_chromium()) as plain:
+        page = plain.load(page_path)
+        assert page.evaluate(shown) == "?"
+        assert page.check().console_errors != []  # file:// pages may not read other files by default
+    with Chromium(require_chromium(), extra_flags=("--allow-file-access-from-files",)) as allowed:
+        page = allowed.load(page_path)
+        assert page.evaluate(shown) == "21"
+        assert page.check().console_errors == []
