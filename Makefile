@@ -42,7 +42,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --timeout=300
 
 # Headless Chromium for the page tests (tests/browser.py): Debian's package, installed where we are root with
-# apt-get (as CI is); elsewhere a message, and those tests skip. BROWSER_INSTALL=0 never installs.
+# apt-get (as CI is; waiting up to 5 minutes for another apt to finish); elsewhere a message, and those tests
+# skip. BROWSER_INSTALL=0 never installs.
 BROWSER_INSTALL ?= 1
 BROWSER_LOG ?= $${TMPDIR:-/tmp}/sv4d2-chromium-install.log
 browser: $(STAMP)
@@ -51,7 +52,8 @@ browser: $(STAMP)
 	elif [ "$(BROWSER_INSTALL)" = 1 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "browser: installing Debian's chromium for the page tests (apt-get, 1-3 minutes on a fresh machine)"; \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	      chromium; } >$(BROWSER_LOG) 2>&1 && $(PY) -m tests.browser --find \
+	      -o DPkg::Lock::Timeout=300 chromium; } >$(BROWSER_LOG) 2>&1 \
+	  && $(PY) -m tests.browser --find \
 	  || { tail -n 20 $(BROWSER_LOG); echo "browser: apt-get did not install a chromium that" \
 	      "tests/browser.py finds (above: the end of $(BROWSER_LOG)); make test BROWSER_INSTALL=0" \
 	      "runs the tests without it" >&2; exit 1; }; \
