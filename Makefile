@@ -50,7 +50,7 @@ browser: $(STAMP)
 	@if $(PY) -m tests.browser --find >/dev/null 2>&1; then \
 	  echo "browser: $$($(PY) -m tests.browser --find)"; \
 	elif [ "$(BROWSER_INSTALL)" = 1 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "browser: installing Debian's chromium for the page tests (apt-get, 1-3 minutes on a fresh machine)"; \
+	  echo "browser: installing Debian's chromium for the page tests (apt-get: 1-3 minutes, once)"; \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	      -o DPkg::Lock::Timeout=300 chromium; } >$(BROWSER_LOG) 2>&1 \
 	  && $(PY) -m tests.browser --find \
