@@ -178,7 +178,7 @@ class Page:
             self.console_errors.append(f"uncaught: {text.splitlines()[0] if text else '?'}")
         elif method == "Log.entryAdded":
             # the browser's own errors: failed loads ("Failed to load resource: net::ERR_FILE_NOT_FOUND"),
-            # blocked content, deprecations that break; console.* calls come as Runtime events instead
+            # blocked requests (CORS); console.* calls come as Runtime events instead
             entry = params.get("entry") or {}
             if entry.get("level") == "error":
                 where = f" ({entry['url']})" if entry.get("url") else ""
@@ -235,7 +235,7 @@ class Page:
         """Console errors, <img>s that did not load (natural width 0: missing, corrupt, blocked) and a blank
         screenshot (less than `min_ink` of it differs from the background; one heading on an 800-pixel-high
         page is 0.2%), each as one line."""
-        broken = [f"{img.src or img.url}" for img in self.images() if not img.loaded]
+        broken = [img.src or img.url for img in self.images() if not img.loaded]
         shot = self.screenshot(screenshot_path)
         ink = ink_fraction(shot)
         self._browser._drain()  # errors raised while the screenshot was taken count too
