@@ -182,6 +182,7 @@ def test_cli_reports_problems(browser, tmp_path, capsys):
     assert "image not loaded: nope.png" in out and (tmp_path / "cli.png").is_file()
 
 
+@pytest.mark.slow  # two browsers of its own
 def test_extra_flags_reach_chromium(tmp_path):
     """A page that fetch()es its data from beside itself (as a viewer would) needs a flag on file:// URLs."""
     (tmp_path / "data.json").write_text('{"frames": 21}')
