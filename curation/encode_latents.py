@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.encoders import EncoderSpec, check_weights, describe_encoders, resolve_spec
+from model.encoders import EncoderSpec, check_weights, describe_encoders, resolve_spec
 from shards.latent_schema import LatentSample, encode_latent_sample
 from shards.layout import dataset_dir
 from shards.render_schema import SchemaError, decode_render_sample, image_field, png_load
@@ -214,7 +214,7 @@ class EncodeActor:
     """map_batches callable class: holds the loaded encoders; rows with an error pass through unencoded."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        from curation.encoders import Encoders
+        from model.encoders import Encoders
 
         logging.basicConfig(level=logging.INFO)
         self.encoders = Encoders(EncoderSpec(**spec))

@@ -172,7 +172,7 @@ class CurationConfig:
 
 @dataclass
 class EncodeConfig:
-    """Latent encoding (SD2.1 VAE + OpenCLIP ViT-H-14); see curation/encoders.py for the pixel rules."""
+    """Latent encoding (SD2.1 VAE + OpenCLIP ViT-H-14); see model/encoders.py for the pixel rules."""
 
     vae_path: str = ""
     """Local folder (or a hub id in the HF cache) of the SD2.1 model; the VAE is in its `vae` subfolder."""
@@ -184,7 +184,7 @@ class EncodeConfig:
     """Optional open_clip model-config json registered before creating `clip_model` (not for ViT-H-14)."""
     official_checkpoint: str = ""
     """Official sv4d2/sv3d_p .safetensors: take the VAE and CLIP weights from its conditioner and first stage
-    (curation/official_weights.py) instead of vae_path/clip_pretrained. Excludes `tiny`."""
+    (model/official_encoders.py) instead of vae_path/clip_pretrained. Excludes `tiny`."""
     official_vae_config: str = ""
     """AutoencoderKL config json for `official_checkpoint` (empty: the SD2.1 VAE; other values for tests)."""
     tiny: bool = False

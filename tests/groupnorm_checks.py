@@ -1,4 +1,4 @@
-"""Checks of curation.groupnorm's Triton kernel, run by tests/test_groupnorm.py in a subprocess with
+"""Checks of model.kernels.groupnorm's Triton kernel, run by tests/test_groupnorm.py in a subprocess with
 TRITON_INTERPRET=1 (Triton decides at import time whether kernels are interpreted, so it needs its own
 process). Each check prints one line; any failed assertion exits non-zero."""
 
@@ -10,7 +10,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from curation.groupnorm import group_norm, kernel_applies, use_channels_last_group_norm
+from model.kernels.groupnorm import group_norm, kernel_applies, use_channels_last_group_norm
 
 # (N, C, H, W, groups, offset): a 4-channels-per-group level, non-power-of-two rows with a masked tail,
 # a large mean offset (where sum / sum-of-squares formulas cancel), wide channels, and H*W above 1024 rows
@@ -107,7 +107,8 @@ def check_compiled() -> None:
 
 @torch.inference_mode()
 def check_vae_encoder() -> None:
-    from curation.encoders import load_vae, make_tiny_encoders
+    from model.encoders import make_tiny_encoders
+    from model.vae import load_vae
 
     with tempfile.TemporaryDirectory() as tmp:
         vae = load_vae(make_tiny_encoders(tmp)["vae_path"]).to(memory_format=torch.channels_last)
@@ -120,7 +121,7 @@ def check_vae_encoder() -> None:
     err = (after - before).abs().max().item()
     assert err < 1e-4, err
     print(f"tiny VAE encoder: {replaced} GroupNorms replaced, max output difference {err:.1e}")
-    from curation.vae_encoder import encoder_forward, supports_deferred_bias
+    from model.kernels.vae_encoder import encoder_forward, supports_deferred_bias
 
     assert supports_deferred_bias(vae.encoder)
     deferred = encoder_forward(vae.encoder, x)

@@ -1,4 +1,4 @@
-"""curation.clip_attention: the image tower's attention through SDPA gives the same embeddings."""
+"""benchmarks.clip_attention: the image tower's attention through SDPA gives the same embeddings."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
-from curation.clip_attention import SdpaSelfAttention, use_sdpa_attention
-from curation.encoders import load_clip, make_tiny_encoders
+from benchmarks.clip_attention import SdpaSelfAttention, use_sdpa_attention
+from model.clip_image import load_clip
+from model.encoders import make_tiny_encoders
 
 
 def test_same_embeddings_and_state_dict_as_open_clip(tmp_path):

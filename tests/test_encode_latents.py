@@ -14,7 +14,7 @@ from curation.encode_latents import (
     pending_shards,
     render_shard_path,
 )
-from curation.encoders import Encoders, EncoderSpec
+from model.encoders import Encoders, EncoderSpec
 from profiles import load_profile
 from shards.latent_schema import decode_latent_sample
 from shards.reader import iter_raw_samples

@@ -2,21 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from curation.encoders import (
-    Encoders,
-    EncoderSpec,
-    EncoderWeightsError,
-    check_weights,
-    clip_preprocess,
-    composite_on_white,
-    decode_latents,
-    describe_encoders,
-    load_clip,
-    load_vae,
-    make_tiny_encoders,
-    resize_antialias,
-    vae_input,
-)
+from model.clip_image import clip_preprocess, load_clip, resize_antialias
+from model.encoders import Encoders, EncoderSpec, check_weights, describe_encoders, make_tiny_encoders
+from model.vae import EncoderWeightsError, composite_on_white, decode_latents, load_vae, vae_input
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +155,7 @@ def test_missing_weights_give_errors_naming_the_path(tmp_path):
 
 
 def test_matmul_attention_is_the_same_function(tiny_paths):
-    from curation.encoders import use_matmul_attention
+    from model.vae import use_matmul_attention
 
     vae = load_vae(tiny_paths["vae_path"])
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1

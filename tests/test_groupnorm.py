@@ -1,4 +1,4 @@
-"""curation.groupnorm: channels_last GroupNorm with Triton statistics (the VAE encoder's GPU path)."""
+"""model.kernels.groupnorm: channels_last GroupNorm with Triton statistics (the VAE encoder's GPU path)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from curation.groupnorm import ChannelsLastGroupNorm, group_norm, kernel_applies
+from model.kernels.groupnorm import ChannelsLastGroupNorm, group_norm, kernel_applies
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,22 +10,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from curation.encoders import (
-    TINY_CLIP_CONFIG,
-    TINY_CLIP_NAME,
-    TINY_VAE_CONFIG,
-    Encoders,
-    EncoderSpec,
-    EncoderWeightsError,
-    check_weights,
-    clip_preprocess,
-    composite_on_white,
-    decode_latents,
-    describe_encoders,
-    resolve_spec,
-    vae_input,
-)
-from curation.official_weights import (
+from model.clip_image import TINY_CLIP_CONFIG, TINY_CLIP_NAME, clip_preprocess
+from model.convert import CLIP_PREFIX, VAE_DECODER_PREFIX, VAE_ENCODER_PREFIX
+from model.encoders import Encoders, EncoderSpec, check_weights, describe_encoders, resolve_spec
+from model.official_encoders import (
     SD21_VAE_CONFIG,
     OfficialCheckpointError,
     build_clip_visual,
@@ -39,7 +27,7 @@ from curation.official_weights import (
     to_official_state_dict,
     vae_config,
 )
-from model.convert import CLIP_PREFIX, VAE_DECODER_PREFIX, VAE_ENCODER_PREFIX
+from model.vae import TINY_VAE_CONFIG, EncoderWeightsError, composite_on_white, decode_latents, vae_input
 
 TSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sv4d2_checkpoint_keys.tsv"
 TEXT_LEFTOVERS = {

@@ -1,4 +1,4 @@
-"""curation.vae_encoder: the VAE encoder's forward with deferred convolution biases."""
+"""model.kernels.vae_encoder: the VAE encoder's forward with deferred convolution biases."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
-from curation.encoders import load_vae, make_tiny_encoders
-from curation.groupnorm import use_channels_last_group_norm
-from curation.official_weights import SD21_VAE_CONFIG
-from curation.vae_encoder import encoder_forward, supports_deferred_bias
+from model.encoders import make_tiny_encoders
+from model.kernels.groupnorm import use_channels_last_group_norm
+from model.kernels.vae_encoder import encoder_forward, supports_deferred_bias
+from model.official_encoders import SD21_VAE_CONFIG
+from model.vae import load_vae
 
 
 @pytest.fixture(scope="module")

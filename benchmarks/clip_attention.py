@@ -7,7 +7,7 @@ the compiled ViT-H-14 tower ran slower than eager on an H100 (962 vs 1,321 image
 projection, one SDPA call (flash / cuDNN kernels) and the output projection, which Inductor compiles as is.
 
 Measured on an H100 (benchmarks/RESULTS.md, encode run 4): no faster eager (1,292 vs 1,315 images/s) and
-still slower compiled (1,207), so :class:`curation.encoders.Encoders` keeps open_clip's own attention and runs
+still slower compiled (1,207), so :class:`model.encoders.Encoders` keeps open_clip's own attention and runs
 the tower eager; this module stays for ``benchmarks/encode.py --variants deferred``, which reproduces that.
 """
 

@@ -188,7 +188,7 @@ def group_norm(
 ) -> torch.Tensor:
     """``F.group_norm(x + pre_bias)`` with the Triton statistics where they apply (same values within float
     rounding). ``pre_bias`` (C,) is a per-channel bias not yet added to ``x`` (a convolution's, deferred so
-    that ``x + pre_bias`` is never written out: see curation.vae_encoder)."""
+    that ``x + pre_bias`` is never written out: see model.kernels.vae_encoder)."""
     grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
     if grad or not kernel_applies(x, groups):
         if pre_bias is not None:

@@ -41,8 +41,9 @@ from typing import Any
 
 import torch
 
-from curation.encoders import EncoderWeightsError, _torch_dtype
 from model.convert import CLIP_PREFIX, VAE_DECODER_PREFIX, VAE_ENCODER_PREFIX
+from model.dtypes import torch_dtype
+from model.vae import EncoderWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,7 @@ def _finish(module: torch.nn.Module, device: str, dtype: str) -> torch.nn.Module
     if left:  # assign=True replaced every state-dict entry; anything still on meta was never filled
         raise RuntimeError(f"tensors left uninitialised on the meta device: {_named(left)}")
     # plain nn.Module.to: diffusers' override warns about fp32-kept modules, which AutoencoderKL has none of
-    module = torch.nn.Module.to(module, device=device, dtype=_torch_dtype(dtype))
+    module = torch.nn.Module.to(module, device=device, dtype=torch_dtype(dtype))
     return module.eval().requires_grad_(False)
 
 

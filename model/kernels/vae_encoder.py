@@ -2,12 +2,12 @@
 
 Why: on CUDA, Inductor peels a convolution's bias off into a pointwise add (cuDNN is faster without it) and
 fuses that add into the output's consumers. One consumer, the Triton GroupNorm statistics
-(:mod:`curation.groupnorm`), is an opaque op that needs a written-out input, so every convolution that feeds a
-GroupNorm cost one more read and write of its whole output: 2 x 2.7 GB per batch of 32 at 576x576 for each of
-the level-0 ones. Here those convolutions run without their bias and the bias goes with the tensor instead:
-the statistics kernel adds it on load, the normalisation folds it into its shift, the residual sum adds it,
-and a 1x1 shortcut convolution gets ``W @ b`` (linearity). Same function as ``diffusers``' ``Encoder.forward``
-up to float rounding (tests/test_vae_encoder.py).
+(:mod:`model.kernels.groupnorm`), is an opaque op that needs a written-out input, so every convolution that
+feeds a GroupNorm cost one more read and write of its whole output: 2 x 2.7 GB per batch of 32 at 576x576 for
+each of the level-0 ones. Here those convolutions run without their bias and the bias goes with the tensor
+instead: the statistics kernel adds it on load, the normalisation folds it into its shift, the residual sum
+adds it, and a 1x1 shortcut convolution gets ``W @ b`` (linearity). Same function as ``diffusers``'
+``Encoder.forward`` up to float rounding (tests/test_vae_encoder.py).
 
 Covers the SD/SDXL-style encoder (``DownEncoderBlock2D`` + ``UNetMidBlock2D``, ResnetBlock2D without time
 embedding); :func:`supports_deferred_bias` says whether a given encoder is one, and callers fall back to the
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curation.groupnorm import ChannelsLastGroupNorm, group_norm
+from model.kernels.groupnorm import ChannelsLastGroupNorm, group_norm
 
 Bias = torch.Tensor | None
 
