@@ -51,7 +51,9 @@ def read_manifests(out_dir: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     rows: list[dict[str, Any]] = []
-    for path in sorted((out_dir / "manifests").glob("shard-*.parquet")):
+    from shards.layout import render_manifests
+
+    for path in render_manifests(out_dir):
         try:
             table = pq.read_table(path)
         except Exception as exc:  # a damaged manifest should not hide the others

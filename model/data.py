@@ -33,7 +33,6 @@ import glob
 import logging
 import random
 import re
-import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 
 from model.edm import bernoulli, sample_cond_aug, sample_lognormal
 from model.embeddings import relative_polar_azimuth
+from shards.index import SampleEntry, index_shards, read_entry
 from shards.latent_schema import LatentSample, decode_latent_sample, sample_latents
 from shards.render_schema import SchemaError
 
@@ -205,47 +205,6 @@ def expand_urls(patterns: Sequence[str], root: str | Path = ".") -> list[str]:
     return sorted(dict.fromkeys(urls))
 
 
-@dataclass(frozen=True)
-class IndexEntry:
-    """Where one sample's members lie in its tar: field -> (data offset, size)."""
-
-    path: str
-    key: str
-    members: tuple[tuple[str, int, int], ...]
-
-
-def index_shards(urls: Sequence[str]) -> list[IndexEntry]:
-    """Scan tar headers (no data is read) and list every sample with its member offsets."""
-    entries: list[IndexEntry] = []
-    for url in urls:
-        current: dict[str, tuple[int, int]] = {}
-        key: str | None = None
-        with tarfile.open(url, mode="r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                base = m.name.rsplit("/", 1)[-1]
-                k, _, ext = base.partition(".")
-                if key is not None and k != key:
-                    entries.append(IndexEntry(url, key, tuple((f, *v) for f, v in current.items())))
-                    current = {}
-                key = k
-                current[ext] = (m.offset_data, m.size)
-        if key is not None:
-            entries.append(IndexEntry(url, key, tuple((f, *v) for f, v in current.items())))
-    return entries
-
-
-def read_entry(entry: IndexEntry) -> dict[str, Any]:
-    """The raw sample (field -> bytes) of an index entry, by seeking into its tar."""
-    raw: dict[str, Any] = {"__key__": entry.key, "__url__": entry.path}
-    with open(entry.path, "rb") as fh:
-        for name, offset, size in entry.members:
-            fh.seek(offset)
-            raw[name] = fh.read(size)
-    return raw
-
-
 def example_generators(seed: int, index: int) -> tuple[np.random.Generator, torch.Generator]:
     """Independent numpy and torch generators of example number `index` (a pure function of both)."""
     ss = np.random.SeedSequence([seed & 0xFFFFFFFF, index & 0xFFFFFFFF, index >> 32])
@@ -261,7 +220,7 @@ class IndexedLatentDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, urls: Sequence[str], spec: ExampleSpec, seed: int = 0, cache_size: int = 0) -> None:
-        self.entries = index_shards(urls)
+        self.entries: list[SampleEntry] = index_shards(urls)
         if not self.entries:
             raise ValueError(f"no samples in {len(urls)} latent shards")
         self.spec = spec

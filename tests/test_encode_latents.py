@@ -9,14 +9,13 @@ from curation.encode_latents import (
     encode_latents,
     image_rows,
     index_render_shard,
-    latent_shard_path,
-    manifest_path,
     pending_shards,
-    render_shard_path,
 )
 from model.encoders import Encoders, EncoderSpec
 from profiles import load_profile
 from shards.latent_schema import decode_latent_sample
+from shards.layout import latent_manifest_path as manifest_path
+from shards.layout import latent_shard_path, render_shard_path
 from shards.reader import iter_raw_samples
 from shards.render_schema import encode_render_sample
 from shards.writer import ShardWriter

@@ -18,11 +18,10 @@ from model.data import (
     draw_frames,
     draw_views,
     expand_urls,
-    index_shards,
     make_loader,
-    read_entry,
     relative_cameras,
 )
+from shards.index import index_shards, read_entry
 from shards.latent_schema import decode_latent_sample
 from shards.synthetic import synthetic_latent_sample, write_latent_shards
 

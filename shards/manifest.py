@@ -1,4 +1,6 @@
-"""The per-shard manifest: one row per asset with its status, reason, measured values and timings."""
+"""Per-shard manifests (parquet, one row per sample): what became of every asset (render) and of every render
+sample (latents), with a status, a reason code and, for renders, the measured values and timings. One writer,
+one column table per stage; paths in shards.layout."""
 
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ import pyarrow.parquet as pq
 
 from shards.writer import atomic_write_bytes
 
-#: status values: rendered (in the shard), filtered (a curation filter said no), failed (bad asset,
+#: render status values: rendered (in the shard), filtered (a curation filter said no), failed (bad asset,
 #: crash, timeout, fetch error). `reason` is a short code, `detail` human text.
-STATUSES = ("rendered", "filtered", "failed")
+RENDER_STATUSES = ("rendered", "filtered", "failed")
 
-COLUMNS: dict[str, pa.DataType] = {
+RENDER_COLUMNS: dict[str, pa.DataType] = {
     "uid": pa.string(),
     "source": pa.string(),
     "status": pa.string(),
@@ -41,6 +43,19 @@ COLUMNS: dict[str, pa.DataType] = {
     "node_id": pa.string(),
 }
 
+#: latent status values: encoded (in the latent shard), failed (reason: unreadable_tar, schema, bad_image,
+#: bad_latents, missing_rows).
+LATENT_STATUSES = ("encoded", "failed")
+
+LATENT_COLUMNS: dict[str, pa.DataType] = {
+    "shard": pa.int32(),
+    "uid": pa.string(),
+    "status": pa.string(),
+    "reason": pa.string(),
+    "detail": pa.string(),
+    "num_images": pa.int32(),
+}
+
 
 def _clean(value: Any, dtype: pa.DataType) -> Any:
     if value is None:
@@ -53,22 +68,33 @@ def _clean(value: Any, dtype: pa.DataType) -> Any:
     return str(value)
 
 
-def manifest_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+def manifest_table(
+    rows: Iterable[dict[str, Any]],
+    columns: dict[str, pa.DataType] = RENDER_COLUMNS,
+    statuses: tuple[str, ...] = RENDER_STATUSES,
+) -> pa.Table:
     """Rows (dicts; missing columns become null, unknown keys are an error) -> an Arrow table."""
     rows = list(rows)
     for row in rows:
-        unknown = set(row) - set(COLUMNS)
+        unknown = set(row) - set(columns)
         if unknown:
             raise ValueError(f"manifest row for {row.get('uid')!r} has unknown columns {sorted(unknown)}")
-        if row.get("status") not in STATUSES:
+        if row.get("status") not in statuses:
             raise ValueError(f"manifest row for {row.get('uid')!r}: status {row.get('status')!r}")
-    arrays = {name: pa.array([_clean(r.get(name), t) for r in rows], type=t) for name, t in COLUMNS.items()}
+    arrays = {name: pa.array([_clean(r.get(name), t) for r in rows], type=t) for name, t in columns.items()}
     return pa.table(arrays)
 
 
-def write_manifest(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+def write_manifest(
+    path: Path,
+    rows: Iterable[dict[str, Any]],
+    columns: dict[str, pa.DataType] = RENDER_COLUMNS,
+    statuses: tuple[str, ...] = RENDER_STATUSES,
+) -> Path:
+    """Write the manifest atomically (temp file + rename): a render manifest by default; the latent stage
+    passes LATENT_COLUMNS and LATENT_STATUSES."""
     buf = io.BytesIO()
-    pq.write_table(manifest_table(rows), buf)
+    pq.write_table(manifest_table(rows, columns, statuses), buf)
     return atomic_write_bytes(path, buf.getvalue())
 
 
