@@ -13,9 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from model import train_step
 from model.checkpoint import latest_checkpoint, load_train_state
 from model.data import ExampleSpec, build_example, collate, draw_noise, to_tensors
-from model.train import configure_stage, run_stage, training_loss
+from model.train import configure_stage, run_stage
+from model.train_step import training_loss
 from model.unet import build_unet
 from profiles import load_profile
 from shards.synthetic import synthetic_latent_sample, write_latent_shards
@@ -158,19 +160,28 @@ def test_stage_4d_starts_from_the_3d_checkpoint(tmp_path, shard_glob):
     assert any(not torch.equal(w4[k], w3[k]) for k in frame)  # the frame attention trains in 4d
 
 
-def test_nan_guard_skips_and_counts_bad_steps(tmp_path, shard_glob):
+def nan_losses_at(monkeypatch, steps: set[int]) -> None:
+    """The loss of the first micro-batch of each step in ``steps`` becomes NaN (grad_accum 1: call = step)."""
+    real, calls = train_step.training_loss, iter(range(1 << 30))
+
+    def loss(*args, **kwargs):
+        mean, per_sample = real(*args, **kwargs)
+        return (mean * float("nan"), per_sample) if next(calls) in steps else (mean, per_sample)
+
+    monkeypatch.setattr(train_step, "training_loss", loss)
+
+
+def test_nan_guard_skips_and_counts_bad_steps(tmp_path, shard_glob, monkeypatch):
     clean = run_stage(make_cfg(tmp_path / "clean", shard_glob, steps=1), "4d")
-    bad = run_stage(make_cfg(tmp_path / "bad", shard_glob, steps=2), "4d", nan_steps={1})
+    nan_losses_at(monkeypatch, {1})
+    bad = run_stage(make_cfg(tmp_path / "bad", shard_glob, steps=2), "4d")
     assert bad.bad_steps == 1 and np.isnan(bad.losses[1]) and bad.losses[0] == clean.losses[0]
     wc, wb = weights(clean.checkpoint), weights(bad.checkpoint)
     assert all(torch.equal(wc[k], wb[k]) for k in wc)  # the bad step changed nothing
     assert load_train_state(bad.checkpoint)["bad_steps_total"] == 1
+    nan_losses_at(monkeypatch, {1, 2})
     with pytest.raises(RuntimeError, match="2 consecutive non-finite steps"):
-        run_stage(
-            make_cfg(tmp_path / "abort", shard_glob, steps=4, **{"train.max_bad_steps": 2}),
-            "4d",
-            nan_steps={1, 2},
-        )
+        run_stage(make_cfg(tmp_path / "abort", shard_glob, steps=4, **{"train.max_bad_steps": 2}), "4d")
 
 
 @pytest.mark.slow
