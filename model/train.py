@@ -33,7 +33,7 @@ from model.checkpoint import (
     resolve_checkpoint,
 )
 from model.config import UNetConfig, get_config, save_config
-from model.data import expand_urls, make_loader, spec_from_config
+from model.data import expand_urls, make_loader
 from model.distributed import DistInfo, init_distributed
 from model.dtypes import torch_dtype
 from model.ema import EMA
@@ -208,7 +208,8 @@ def stage_loader(cfg: Any, stage: Any, di: DistInfo, start_step: int) -> tuple[l
         raise ValueError(f"stage {stage.name} has no data: set train.stages[].data to latent shards")
     loader = make_loader(
         urls,
-        spec_from_config(tcfg, stage),
+        tcfg,
+        stage,
         seed=tcfg.seed + 1000 * [s.name for s in tcfg.stages].index(stage.name),
         batch_size=tcfg.batch_size,
         rank=di.rank,

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+Dtype = Literal["float32", "bfloat16", "float16"]
+"""The one dtype vocabulary of every dtype setting (torch's names; model/dtypes.py maps them to torch)."""
+
 
 @dataclass
 class AssetsConfig:
@@ -196,7 +199,7 @@ class EncodeConfig:
     num_actors: int = 1
     """Encoder actors (one GPU each when GPUs exist, else `cpus_per_actor` CPUs each)."""
     cpus_per_actor: float = 1.0
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Dtype = "float32"
     """Compute dtype on GPU (CPU always runs float32). Stored arrays are float16 regardless."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: GPU actors when the Ray cluster has GPUs, else CPU actors."""
@@ -233,7 +236,7 @@ class ModelSection:
     """With activation_checkpointing: what the backward recomputes. full: everything; attention: keeps the
     long self-attention outputs (+6 GiB, 5.7% faster steps at batch 2 on an H100); selective: keeps every
     matmul/conv/attention output (no matmul recompute; does not fit batch 2 at full size)."""
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Dtype = "bfloat16"
     """Autocast dtype on CUDA (weights and optimizer stay float32). CPU runs float32 unless cpu_autocast."""
     cpu_autocast: bool = False
     """Use bf16 autocast on the CPU too (slow; only to test the bf16 path)."""

@@ -6,9 +6,8 @@ import pytest
 from shards.latent_schema import (
     LatentSample,
     decode_latent_sample,
+    draw_posterior_latents,
     encode_latent_sample,
-    sample_latents,
-    validate_latent_sample,
 )
 from shards.reader import iter_raw_samples
 from shards.render_schema import SchemaError, npy_bytes
@@ -83,7 +82,7 @@ def _raw(**changes):
 )
 def test_bad_arrays_are_rejected_naming_the_field(field, array, message):
     with pytest.raises(SchemaError) as err:
-        validate_latent_sample(_raw(**{field: npy_bytes(array)}))
+        decode_latent_sample(_raw(**{field: npy_bytes(array)}))
     assert field in str(err.value) and message in str(err.value)
 
 
@@ -91,15 +90,15 @@ def test_missing_extra_fields_and_encoder_meta_are_rejected():
     raw = _raw()
     del raw["static.clip.npy"]
     with pytest.raises(SchemaError, match="missing fields: \\['static.clip.npy'\\]"):
-        validate_latent_sample(raw)
+        decode_latent_sample(raw)
     with pytest.raises(SchemaError, match="unexpected fields: \\['static.v00.f00.png'\\]"):
-        validate_latent_sample(_raw(**{"static.v00.f00.png": b"x"}))
+        decode_latent_sample(_raw(**{"static.v00.f00.png": b"x"}))
     meta = json.loads(_raw()["meta.json"])
     del meta["encoder"]["vae_scaling_factor"]
     with pytest.raises(SchemaError, match="encoder is missing keys \\['vae_scaling_factor'\\]"):
-        validate_latent_sample(_raw(**{"meta.json": json.dumps(meta).encode()}))
+        decode_latent_sample(_raw(**{"meta.json": json.dumps(meta).encode()}))
     with pytest.raises(SchemaError, match="__key__"):
-        validate_latent_sample(_raw(__key__="a.b"))
+        decode_latent_sample(_raw(__key__="a.b"))
 
 
 def test_encode_refuses_wrong_shapes():
@@ -112,9 +111,9 @@ def test_encode_refuses_wrong_shapes():
 def test_sample_latents_scales_and_draws_around_the_mean():
     mean = np.full((2000, 4), 2.0, np.float16)
     std = np.full((2000, 4), 0.5, np.float16)
-    z = sample_latents(mean, std, 0.18215, np.random.default_rng(0))
+    z = draw_posterior_latents(mean, std, 0.18215, np.random.default_rng(0))
     assert z.dtype == np.float32 and z.shape == mean.shape
     assert z.mean() == pytest.approx(2.0 * 0.18215, abs=3e-3)
     assert z.std() == pytest.approx(0.5 * 0.18215, rel=0.03)
-    exact = sample_latents(mean, np.zeros_like(std), 0.18215, np.random.default_rng(1))
+    exact = draw_posterior_latents(mean, np.zeros_like(std), 0.18215, np.random.default_rng(1))
     np.testing.assert_array_equal(exact, np.float32(2.0) * np.float32(0.18215))

@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 
 from model import train_step
 from model.checkpoint import latest_checkpoint, load_train_state
-from model.data import ExampleSpec, build_example, collate, draw_noise, to_tensors
+from model.data import build_example, collate, draw_noise, to_tensors
 from model.train import configure_stage, run_stage
 from model.train_step import training_loss
 from model.unet import build_unet
 from profiles import load_profile
+from profiles.schema import StageConfig, TrainConfig
 from shards.synthetic import synthetic_latent_sample, write_latent_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +83,10 @@ def test_tiny_model_overfits_one_sample():
     torch.manual_seed(0)
     net = build_unet("tiny")
     configure_stage(net, "4d")
-    spec = ExampleSpec(num_views=2, num_frames=2, cond_drop_prob=0.0, ref_mask_prob=0.0)
-    ex = build_example(synthetic_latent_sample("one", clip_dim=32), spec, np.random.default_rng(0))
-    noise = draw_noise(ex["latents"].shape, ex["cond_latents"].shape, spec, torch.Generator().manual_seed(0))
+    train, stage = TrainConfig(cond_drop_prob=0.0), StageConfig(num_views=2, num_frames=2, ref_mask_prob=0.0)
+    ex = build_example(synthetic_latent_sample("one", clip_dim=32), train, stage, np.random.default_rng(0))
+    gen = torch.Generator().manual_seed(0)
+    noise = draw_noise(ex["latents"].shape, ex["cond_latents"].shape, train, stage, gen)
     noise["sigma"] = torch.tensor(2.0)
     batch = collate([to_tensors(ex, noise)])
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)

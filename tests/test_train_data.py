@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from model.data import (
-    ExampleSpec,
     IndexedLatentDataset,
     StepSampler,
     build_example,
@@ -21,6 +20,7 @@ from model.data import (
     make_loader,
     relative_cameras,
 )
+from profiles.schema import StageConfig, TrainConfig
 from shards.index import index_shards, read_entry
 from shards.latent_schema import decode_latent_sample
 from shards.synthetic import synthetic_latent_sample, write_latent_shards
@@ -63,8 +63,8 @@ def test_relative_cameras_put_the_input_view_at_polar_90_azimuth_0():
 
 def test_example_contents_follow_the_input_view_and_window():
     sample = synthetic_latent_sample("s", views=6, frames=6)
-    spec = ExampleSpec(num_views=3, num_frames=4, orbits=("dynamic",))
-    ex = build_example(sample, spec, np.random.default_rng(3))
+    stage = StageConfig(num_views=3, num_frames=4, orbits=["dynamic"])
+    ex = build_example(sample, TrainConfig(), stage, np.random.default_rng(3))
     inp, views, frames = int(ex["input_view"]), ex["views"], ex["frames"]
     assert ex["orbit"] == "dynamic"
     assert ex["latents"].shape == (4, 3, 4, 8, 8)  # (F, V, C, h, w)
@@ -82,8 +82,8 @@ def test_example_contents_follow_the_input_view_and_window():
 def test_sampled_latents_have_the_stored_mean_and_std():
     sample = synthetic_latent_sample("s", views=6, frames=6)
     sample.std["static"][:] = np.float16(0.5)
-    spec = ExampleSpec(num_views=5, num_frames=6, orbits=("static",))
-    draws = [build_example(sample, spec, np.random.default_rng(i)) for i in range(300)]
+    stage = StageConfig(num_views=5, num_frames=6, orbits=["static"])
+    draws = [build_example(sample, TrainConfig(), stage, np.random.default_rng(i)) for i in range(300)]
     # Fix one (view, frame) cell: view order is sorted and all 5 non-input views are drawn, so collect
     # the draws whose target set is views 1..5 and look at view 1, frame 0.
     cells = [d["latents"][0, 0] / 0.18215 for d in draws if d["views"].tolist() == [1, 2, 3, 4, 5]]
@@ -107,15 +107,15 @@ def test_index_reads_back_the_same_samples(shards):
 
 
 def test_examples_are_a_function_of_seed_and_index(shards):
-    spec = ExampleSpec(num_views=2, num_frames=3, cond_drop_prob=0.5, ref_mask_prob=0.5)
-    a = IndexedLatentDataset(shards, spec, seed=7)
-    b = IndexedLatentDataset(shards, spec, seed=7)
+    spec = (TrainConfig(cond_drop_prob=0.5), StageConfig(num_views=2, num_frames=3, ref_mask_prob=0.5))
+    a = IndexedLatentDataset(shards, *spec, seed=7)
+    b = IndexedLatentDataset(shards, *spec, seed=7)
     for g in (0, 5, 123456789012):
         ea, eb = a[g], b[g]
         for k in ("latents", "noise", "sigma", "cond_noise", "cond_aug", "polar"):
             assert torch.equal(ea[k], eb[k])
     assert not torch.equal(a[0]["noise"], a[1]["noise"])
-    c = IndexedLatentDataset(shards, spec, seed=8)
+    c = IndexedLatentDataset(shards, *spec, seed=8)
     assert not torch.equal(a[0]["noise"], c[0]["noise"])
     # Over many examples every object is drawn (resampling with replacement) and the rates are right.
     ex = [a[g] for g in range(200)]
@@ -129,11 +129,11 @@ def test_rank_slices_of_a_step_tile_the_global_batch(shards):
     r0 = iter(StepSampler(batch_size=2, rank=0, world_size=2, start=3))
     r1 = iter(StepSampler(batch_size=2, rank=1, world_size=2, start=3))
     assert [next(one) for _ in range(4)] == [next(r0) for _ in range(2)] + [next(r1) for _ in range(2)]
-    spec = ExampleSpec(num_views=2, num_frames=2)
-    loader = make_loader(shards, spec, seed=1, batch_size=2, start_micro_step=5)
+    spec = (TrainConfig(), StageConfig(num_views=2, num_frames=2))
+    loader = make_loader(shards, *spec, seed=1, batch_size=2, start_micro_step=5)
     batch = next(iter(loader))
     assert batch["index"].tolist() == [10, 11]
-    ds = IndexedLatentDataset(shards, spec, seed=1)
+    ds = IndexedLatentDataset(shards, *spec, seed=1)
     assert torch.equal(batch["latents"], collate([ds[10], ds[11]])["latents"])
     assert batch["latents"].shape == (2, 2, 2, 4, 8, 8)
 
@@ -141,10 +141,10 @@ def test_rank_slices_of_a_step_tile_the_global_batch(shards):
 def test_streaming_pipeline_yields_valid_examples(shards):
     from model.data import streaming_dataset
 
-    spec = ExampleSpec(num_views=2, num_frames=3)
-    it = iter(streaming_dataset(shards, spec, seed=0, shuffle_buffer=4))
+    spec = (TrainConfig(), StageConfig(num_views=2, num_frames=3))
+    it = iter(streaming_dataset(shards, *spec, seed=0, shuffle_buffer=4))
     ex = [next(it) for _ in range(12)]
     assert all(e["latents"].shape == (3, 2, 4, 8, 8) for e in ex)
     assert len({e["key"] for e in ex}) >= 2  # resampled shards + shuffle mix the objects
-    again = iter(streaming_dataset(shards, spec, seed=0, shuffle_buffer=4))
+    again = iter(streaming_dataset(shards, *spec, seed=0, shuffle_buffer=4))
     assert [next(again)["key"] for _ in range(12)] == [e["key"] for e in ex]  # seeded stream
