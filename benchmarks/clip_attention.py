@@ -2,12 +2,12 @@
 
 Why: open_clip's ``ResidualAttentionBlock`` calls ``nn.MultiheadAttention``. Eager, in inference, that takes
 PyTorch's fused fast path; under ``torch.compile`` it is traced through ``F.multi_head_attention_forward`` and
-the compiled ViT-H-14 tower ran slower than eager on an H100 (962 vs 1,321 images/s, benchmarks/RESULTS.md).
+the compiled ViT-H-14 tower ran slower than eager on an H100 (benchmarks/RESULTS.md).
 :class:`SdpaSelfAttention` computes the same self-attention from the same parameters as one packed input
 projection, one SDPA call (flash / cuDNN kernels) and the output projection, which Inductor compiles as is.
 
-Measured on an H100 (benchmarks/RESULTS.md, encode run 4): no faster eager (1,292 vs 1,315 images/s) and
-still slower compiled (1,207), so :class:`model.encoders.Encoders` keeps open_clip's own attention and runs
+Measured on an H100 (benchmarks/RESULTS.md, encode run 4): no faster eager and still slower compiled,
+so :class:`model.encoders.Encoders` keeps open_clip's own attention and runs
 the tower eager; this module stays for ``benchmarks/encode.py --variants deferred``, which reproduces that.
 """
 

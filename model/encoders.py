@@ -297,13 +297,13 @@ class Encoders:
             self.vae = self.vae.to(memory_format=torch.channels_last)
         if spec.device == "cuda":
             use_matmul_attention(self.vae)
-            if spec.channels_last:  # Triton GroupNorm statistics: 233 -> 272 img/s compiled (RESULTS.md)
+            if spec.channels_last:  # Triton GroupNorm statistics: faster compiled (benchmarks/RESULTS.md)
                 from model.kernels.groupnorm import use_channels_last_group_norm
                 from model.kernels.vae_encoder import supports_deferred_bias
 
                 use_channels_last_group_norm(self.vae.encoder)
-                # biases deferred into the GroupNorm statistics: no extra pass per conv -> norm, 267 -> 293
-                # img/s compiled; eager, the residual's bias add would be a pass of its own (not measured)
+                # biases deferred into the GroupNorm statistics: no extra pass per conv -> norm (faster
+                # compiled, RESULTS.md); eager, the residual's bias add would be a pass of its own
                 self._deferred_bias = spec.compile and supports_deferred_bias(self.vae.encoder)
         self._moments = self._vae_moments
         if spec.compile:  # the VAE only: the compiled CLIP tower ran slower than eager (RESULTS.md)

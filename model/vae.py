@@ -113,7 +113,7 @@ class MatmulAttnProcessor:
 
     Same function as diffusers' AttnProcessor2_0 for this block (no mask, no cross-attention); used on GPU
     because SDPA has no fast kernel for its single head of dim 512 (flash attention stops at 256; the
-    memory-efficient fallback ran at ~120 TFLOP/s on an H100, see benchmarks/RESULTS.md).
+    memory-efficient fallback is far slower, see benchmarks/RESULTS.md).
     """
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):

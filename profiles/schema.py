@@ -208,7 +208,7 @@ class EncodeConfig:
     compile: bool = False
     """torch.compile the VAE in each GPU actor (ignored on CPU); the CLIP tower stays eager (faster)."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
-    """max-autotune: +23% VAE throughput on an H100 for a ~5 min compile per actor (RESULTS.md)."""
+    """max-autotune: more VAE throughput for a compile of minutes per actor (benchmarks/RESULTS.md)."""
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -234,7 +234,7 @@ class ModelSection:
     """Recompute each block in the backward pass (saves memory at about 30% more compute)."""
     checkpoint_policy: Literal["full", "selective", "attention"] = "full"
     """With activation_checkpointing: what the backward recomputes. full: everything; attention: keeps the
-    long self-attention outputs (+6 GiB, 5.7% faster steps at batch 2 on an H100); selective: keeps every
+    long self-attention outputs (more memory, faster steps: benchmarks/RESULTS.md); selective: keeps every
     matmul/conv/attention output (no matmul recompute; does not fit batch 2 at full size)."""
     dtype: Dtype = "bfloat16"
     """Autocast dtype on CUDA (weights and optimizer stay float32). CPU runs float32 unless cpu_autocast."""
@@ -325,8 +325,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: Literal["none", "full", "regional"] = "none"
     """torch.compile on CUDA: `regional` compiles each ResBlock and transformer step (one graph per block
-    shape; 1.29x faster training steps on an H100, benchmarks/RESULTS.md), `full` the whole network (its
-    compile did not finish in 9 minutes at full size)."""
+    shape; faster training steps, benchmarks/RESULTS.md), `full` the whole network (its compile takes too
+    long at full size)."""
     compile_min_tokens: int = 1296
     """regional: blocks at resolutions with fewer tokens per image than this stay eager (compile time)."""
     log_every: int = 1

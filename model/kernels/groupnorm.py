@@ -3,7 +3,7 @@
 Why: in the VAE encoder (channels_last, so that cuDNN's convolutions run near the matmul ceiling) the
 GroupNorm statistics were the largest memory-bound cost. PyTorch's native GroupNorm has no channels_last CUDA
 path (it copies to NCHW and back), and the reductions Inductor generates for it read the (N, H*W, C) layout
-with group-strided accesses at ~0.5 TB/s of the H100's ~3 TB/s (benchmarks/RESULTS.md).
+with group-strided accesses at a fraction of the memory bandwidth (benchmarks/RESULTS.md).
 
 How: ``group_norm_stats`` reads each image's (H*W, C) rows in contiguous tiles of whole rows (coalesced),
 reduces every tile to a per-group mean and centred sum of squares in fp32, merges the tiles of a program with
