@@ -5,8 +5,8 @@ import time
 import pytest
 
 from curation.blender_job import run_blender_script
-from curation.manifest import read_manifest, write_manifest
 from curation.render import shard_slice
+from shards.manifest import read_manifest, write_manifest
 
 
 def _run(tmp_path, behaviour, retries=2, timeout=20.0):

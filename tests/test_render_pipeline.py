@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from curation.manifest import read_manifest
 from curation.render import render_shard, shard_paths
 from profiles import load_profile
+from shards.manifest import read_manifest
 from shards.reader import iter_render_samples
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
