@@ -40,7 +40,9 @@ def demo_commands(profile: str = "demo", shard: int = 0) -> list[list[str]]:
 @pytest.mark.slow
 @pytest.mark.blender
 def test_make_demo_runs_every_stage(tmp_path):
+    # RAY_ADDRESS=local: a Ray cluster of its own, never one that another job on the machine started
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1")
+    env["RAY_ADDRESS"] = "local"
     commands = demo_commands()
     assert [c[2] for c in commands if c[1] == "-m"] == [
         "curation.render",
