@@ -29,7 +29,7 @@ from model.official_encoders import (
 )
 from model.vae import TINY_VAE_CONFIG, EncoderWeightsError, composite_on_white, decode_latents, vae_input
 
-TSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sv4d2_checkpoint_keys.tsv"
+TSV = Path(__file__).resolve().parents[3] / "shared" / "reference" / "sv4d2_checkpoint_keys.tsv"
 TEXT_LEFTOVERS = {
     "positional_embedding",
     "text_projection",

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 
 from model.kernels.groupnorm import ChannelsLastGroupNorm, group_norm, kernel_applies
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_triton_kernel_matches_float64_in_the_interpreter():
-    """The kernel itself, run by Triton's interpreter on the CPU (see tests/groupnorm_checks.py)."""
+    """The kernel itself, run by Triton's interpreter on the CPU (see tests/model/groupnorm_checks.py)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "groupnorm_checks.py")],
+        [sys.executable, str(ROOT / "tests" / "model" / "groupnorm_checks.py")],
         env=env,
         capture_output=True,
         text=True,

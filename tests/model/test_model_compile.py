@@ -15,7 +15,7 @@ from torch._dynamo.utils import counters
 
 from model.blocks import ResBlock, SpatioTemporalTransformer
 from model.compile import TRANSFORMER_STEPS, compile_blocks, uncompile_blocks
-from tests.test_model_network import inputs, random_model
+from tests.model.test_model_network import inputs, random_model
 
 
 def loss_and_grads(model, kw, checkpointing: bool):

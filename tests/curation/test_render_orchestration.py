@@ -11,7 +11,7 @@ from shards.manifest import read_manifest, write_manifest
 
 def _run(tmp_path, behaviour, retries=2, timeout=20.0):
     return run_blender_script(
-        "tests.fake_job",
+        "tests.curation.fake_job",
         {"out_dir": str(tmp_path), "behaviour": behaviour},
         tmp_path,
         "result.json",
@@ -116,10 +116,10 @@ def test_killed_worker_takes_its_blender_process_along(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = (
         "import sys; from pathlib import Path; from curation.blender_job import run_blender_script; "
-        "run_blender_script('tests.fake_job', {'out_dir': sys.argv[1], 'behaviour': ['hang']}, "
+        "run_blender_script('tests.curation.fake_job', {'out_dir': sys.argv[1], 'behaviour': ['hang']}, "
         "Path(sys.argv[1]), 'result.json', timeout_s=60)"
     )
     worker = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=root)

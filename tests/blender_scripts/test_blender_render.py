@@ -14,8 +14,8 @@ from blender_scripts.cameras import intrinsics, project, static_orbit
 
 pytestmark = pytest.mark.blender
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_ASSETS = Path(__file__).resolve().parents[2].parent / "shared" / "assets"
 FOX = SHARED_ASSETS / "Fox.glb"
 
 

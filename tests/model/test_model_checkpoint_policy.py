@@ -11,8 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.blocks import LONG_ATTENTION_KEYS
-from tests.test_model_compile import eager_and_compiled
-from tests.test_model_network import inputs, random_model
+from tests.model.test_model_compile import eager_and_compiled
+from tests.model.test_model_network import inputs, random_model
 
 
 class CountAttention(TorchDispatchMode):

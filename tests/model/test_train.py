@@ -23,7 +23,7 @@ from profiles import load_profile
 from profiles.schema import StageConfig, TrainConfig
 from shards.synthetic import synthetic_latent_sample, write_latent_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")

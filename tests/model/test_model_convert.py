@@ -14,7 +14,7 @@ from model import convert
 from model.config import SV4D2, TINY
 from model.unet import build_unet, count_parameters
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 SV4D2_UNET_PARAMS = 2_010_961_338
 
 

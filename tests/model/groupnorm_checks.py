@@ -1,5 +1,5 @@
-"""Checks of model.kernels.groupnorm's Triton kernel, run by tests/test_groupnorm.py in a subprocess with
-TRITON_INTERPRET=1 (Triton decides at import time whether kernels are interpreted, so it needs its own
+"""Checks of model.kernels.groupnorm's Triton kernel, run by tests/model/test_groupnorm.py in a subprocess
+with TRITON_INTERPRET=1 (Triton decides at import time whether kernels are interpreted, so it needs its own
 process). Each check prints one line; any failed assertion exits non-zero."""
 
 from __future__ import annotations

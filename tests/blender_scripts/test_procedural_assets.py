@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.blender
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["walker", "morph", "articulated", "textured", "still_breeze", "balloon", "statue"]
 
 

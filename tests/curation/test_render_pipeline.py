@@ -18,7 +18,7 @@ from shards.reader import iter_render_samples
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "render.resolution=32",
     "render.orbit.num_views=2",
