@@ -8,8 +8,10 @@
 
 Stage `3d` bypasses the frame attention (alpha_f = 0 through `SV4D2UNet.set_frame_attention(False)`) and
 freezes its parameters; stage `4d` enables and trains them, starting from the 3d stage's checkpoint.
-Everything else (optimizer, EDM, data) is shared. See model/edm.py for the EDM math, model/data.py for
-the examples and their determinism, model/checkpoint.py for the checkpoint layout.
+Everything else (optimizer, EDM, data) is shared. This module is the stage loop and its set-up; the step
+is model/train_step.py, the training state and its checkpoints model/train_state.py (layout in
+model/checkpoint.py), logging model/train_log.py. See model/edm.py for the EDM math, model/data.py for the
+examples and their determinism.
 """
 
 from __future__ import annotations
