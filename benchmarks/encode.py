@@ -28,11 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.clip_attention import use_sdpa_attention  # noqa: E402
-from curation.encoders import clip_preprocess, composite_on_white, vae_input  # noqa: E402
-from curation.groupnorm import replace_group_norms  # noqa: E402
-from curation.official_weights import SD21_VAE_CONFIG  # noqa: E402
-from curation.vae_encoder import encoder_forward  # noqa: E402
+from benchmarks.clip_attention import use_sdpa_attention  # noqa: E402
+from model.clip_image import clip_preprocess  # noqa: E402
+from model.kernels.groupnorm import replace_group_norms  # noqa: E402
+from model.kernels.vae_encoder import encoder_forward  # noqa: E402
+from model.official_encoders import SD21_VAE_CONFIG  # noqa: E402
+from model.vae import composite_on_white, vae_input  # noqa: E402
 
 RES = 576
 NOMINAL_PEAK = 800e12
@@ -48,7 +49,8 @@ def build_models(smoke: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]
     if smoke:
         import tempfile
 
-        from curation.encoders import TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_VAE_CONFIG
+        from model.clip_image import TINY_CLIP_CONFIG, TINY_CLIP_NAME
+        from model.vae import TINY_VAE_CONFIG
 
         cfg = Path(tempfile.mkdtemp()) / f"{TINY_CLIP_NAME}.json"
         cfg.write_text(json.dumps(TINY_CLIP_CONFIG))
@@ -308,7 +310,7 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
 
     bf16, fp16 = torch.bfloat16, torch.float16
     if args.variants == "fixes":
-        from curation.encoders import use_matmul_attention
+        from model.vae import use_matmul_attention
 
         def both(m):
             use_matmul_attention(m)
@@ -330,8 +332,8 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
         pairs = [(best, clip_eager, "pipeline bf16 compiled VAE (best) + eager CLIP")]
         dtype = bf16
     elif args.variants == "gn":
-        from curation.encoders import use_matmul_attention
-        from curation.groupnorm import use_channels_last_group_norm
+        from model.kernels.groupnorm import use_channels_last_group_norm
+        from model.vae import use_matmul_attention
 
         def attn_gn(m):
             use_matmul_attention(m)
@@ -351,8 +353,8 @@ def run_cuda(args: argparse.Namespace, vae, clip, flops) -> tuple[list[dict], di
         ]
         dtype = bf16
     elif args.variants in ("deferred", "deferred-autotune", "deferred-streams", "clip-graphs"):
-        from curation.encoders import use_matmul_attention
-        from curation.groupnorm import use_channels_last_group_norm
+        from model.kernels.groupnorm import use_channels_last_group_norm
+        from model.vae import use_matmul_attention
 
         def attn_gn(m):
             use_matmul_attention(m)

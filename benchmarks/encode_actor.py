@@ -1,4 +1,4 @@
-"""Throughput of the latent stage's encoder as an actor runs it: `curation.encoders.Encoders` end to end.
+"""Throughput of the latent stage's encoder as an actor runs it: `model.encoders.Encoders` end to end.
 
     python benchmarks/encode_actor.py --work /dev/shm/encode_actor            # GPU: full size, bf16
     python benchmarks/encode_actor.py --smoke                                  # this CPU: tiny models
@@ -29,17 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.encode import time_calls  # noqa: E402
-from curation.encoders import (  # noqa: E402
-    Encoders,
-    EncoderSpec,
-    clip_preprocess,
-    composite_on_white,
-    load_clip,
-    load_vae,
-    make_tiny_encoders,
-    vae_input,
-)
-from curation.official_weights import SD21_VAE_CONFIG  # noqa: E402
+from model.clip_image import clip_preprocess, load_clip  # noqa: E402
+from model.encoders import Encoders, EncoderSpec, make_tiny_encoders  # noqa: E402
+from model.official_encoders import SD21_VAE_CONFIG  # noqa: E402
+from model.vae import composite_on_white, load_vae, vae_input  # noqa: E402
 
 
 def save_full_size(work: Path) -> dict[str, str]:

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.checkpoint import latest_checkpoint, load_train_state  # noqa: E402
+from shards.layout import LATENTS, SHARD_GLOB  # noqa: E402
 from shards.synthetic import write_latent_shards  # noqa: E402
 
 
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    latents = work / "latents"
-    if not list(latents.glob("shard-*.tar")):
+    latents = work / LATENTS
+    if not list(latents.glob(SHARD_GLOB)):
         write_latent_shards(
             latents,
             num_shards=args.objects,
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         pipelines = run_dir / "pipelines.yaml"
-        write_profile(pipelines, run_dir, str(latents / "shard-*.tar"), args)
+        write_profile(pipelines, run_dir, str(latents / SHARD_GLOB), args)
         sets = [x for kv in args.set for x in ("--set", kv)]
         wall = run_trainer(pipelines, n, out / f"train_{n}gpu.log", sets)
         rows = read_metrics(run_dir)

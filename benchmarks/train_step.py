@@ -12,8 +12,9 @@ in the order to run them. Results are printed and written to train_step.json aft
 run cut off by a time limit keeps what it measured; ``--deadline`` skips configurations that would not finish
 in time (estimated from the ones already run).
 
-One step is exactly the trainer's (model/train.py): EDM loss through `training_loss` under bf16 autocast
-(fp32 master weights), backward, global-norm clipping, fused AdamW, EMA update. Reported per configuration:
+One step is the trainer's own `model.train_step.train_step`: EDM loss under bf16 autocast (fp32 master
+weights), backward, global-norm clipping, fused AdamW, EMA update (the NaN guard reads the loss and the norm,
+as in training). Reported per configuration:
 median step time, peak GPU memory (torch.cuda.max_memory_allocated), achieved TFLOP/s and MFU.
 
 FLOPs: `model.flops.count_flops(train=True)` (PyTorch FlopCounterMode on the meta device: matmuls and
@@ -44,7 +45,8 @@ from model.compile import compile_blocks, uncompile_blocks  # noqa: E402
 from model.config import get_config  # noqa: E402
 from model.ema import EMA  # noqa: E402
 from model.flops import count_flops  # noqa: E402
-from model.train import configure_stage, param_groups, training_loss  # noqa: E402
+from model.train import configure_stage, param_groups  # noqa: E402
+from model.train_step import train_step  # noqa: E402
 from model.unet import build_unet  # noqa: E402
 
 H100_BF16_DENSE = 989.4e12
@@ -83,21 +85,15 @@ def bench(net, ema, opt, batch, steps: int, warmup: int, device, fwd, label: str
     """Run warmup + steps training steps; returns (warmup steps' seconds, timed steps' seconds), each
     printed as it finishes."""
     warm, times = [], []
-    trainable = [p for p in net.parameters() if p.requires_grad]
     for i in range(warmup + steps):
         _sync(device)
         t = time.perf_counter()
-        loss, _ = training_loss(fwd, batch, device, torch.bfloat16)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0, foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(net)
+        result = train_step(fwd, net, opt, ema, [batch], device, autocast_dtype=torch.bfloat16, grad_clip=1.0)
         _sync(device)
         dt = time.perf_counter() - t
         kind = "warmup" if i < warmup else "step"
         print(
-            f"  [{time.perf_counter() - t0:6.1f} s] {label} {kind} {i}: {dt:.3f} s (loss {loss.item():.4f})",
+            f"  [{time.perf_counter() - t0:6.1f} s] {label} {kind} {i}: {dt:.3f} s (loss {result.loss:.4f})",
             flush=True,
         )
         (times if i >= warmup else warm).append(dt)

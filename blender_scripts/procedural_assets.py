@@ -147,16 +147,6 @@ def _trs(loc: tuple = (0, 0, 0), scale: tuple = (1, 1, 1), rot_deg: tuple = (0, 
     return Matrix.Translation(loc) @ rot @ Matrix.Diagonal((*scale, 1.0))
 
 
-def _empty_object(name: str, parent: Any = None, location: tuple = (0, 0, 0)) -> Any:
-    import bpy
-
-    obj = bpy.data.objects.new(name, None)
-    bpy.context.scene.collection.objects.link(obj)
-    obj.parent = parent
-    obj.location = location
-    return obj
-
-
 def _part_object(name: str, parts: list[tuple], materials: list[Any], parent: Any = None, location=(0, 0, 0)):
     builder = _PartBuilder()
     for kind, matrix, mat_index, kw in parts:

@@ -13,7 +13,7 @@ JOB.json (blender_scripts.job.RenderJob; defaults in brackets):
     threads [1] (0 = all cores), adaptive_threshold [0 = off], max_bounces [4],
     seed [1234] (Cycles seed and the dynamic orbit's seed)
     crop_border [true]: render only the object's projected bounding box (+3 px) of each image; the pixels
-        outside are transparent anyway, so the image is the same, 2-3x faster (see object_border)
+        outside are transparent anyway, so the image is the same, faster (see object_border)
     environment [{"kind": "sky", "strength": 1}] | {"kind": "hdri", "path", "rotation_deg", "strength"}
     global_offsets [null] | F triples: world offsets subtracted per rendered frame before normalization
     static_frame [null]: static mode on an animated asset poses it at this source frame
@@ -124,7 +124,7 @@ def configure_cycles(job: RenderJob) -> dict[str, Any]:
         setattr(cyc, attr, min(getattr(cyc, attr), int(job.max_bounces)))
     cyc.seed = int(job.seed)
     cyc.use_animated_seed = False
-    scene.render.use_persistent_data = True  # keeps the BVH and shaders between renders (4x faster at 256 px)
+    scene.render.use_persistent_data = True  # keeps the BVH and shaders between renders (faster)
     if job.threads > 0:
         scene.render.threads_mode = "FIXED"
         scene.render.threads = int(job.threads)

@@ -37,7 +37,7 @@ TRANSIENT_REASONS = frozenset({"fetch_error", "timeout", "crash", "worker_error"
 
 def read_done(asset_dir: Path) -> dict[str, Any] | None:
     """The asset's finished manifest row, or None when it must (still) be processed."""
-    from curation.manifest import COLUMNS
+    from shards.manifest import RENDER_COLUMNS as COLUMNS
 
     path = asset_dir / DONE_FILE
     if not path.is_file():

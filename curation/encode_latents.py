@@ -20,12 +20,10 @@ once complete (temp file + rename), so a re-run skips finished shards and redoes
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
 import sys
-import tarfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,34 +32,24 @@ from typing import Any
 
 import numpy as np
 
-from curation.encoders import EncoderSpec, check_weights, describe_encoders, resolve_spec
+from model.encoders import EncoderSpec, check_weights, describe_encoders, resolve_spec
+from shards.index import index_tar, read_entry
 from shards.latent_schema import LatentSample, encode_latent_sample
-from shards.layout import dataset_dir
+from shards.layout import (
+    dataset_dir,
+    latent_manifest_path,
+    latent_shard_path,
+    render_shard_path,
+    render_shards,
+    shard_number,
+)
+from shards.manifest import LATENT_COLUMNS, LATENT_STATUSES, write_manifest
 from shards.render_schema import SchemaError, decode_render_sample, image_field, png_load
-from shards.writer import ShardWriter, atomic_write_bytes
+from shards.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
 SMALL_SUFFIXES = (".npy", ".json")
-
-
-def render_shard_path(out_dir: str | Path, n: int) -> Path:
-    return Path(out_dir) / "renders" / f"shard-{n:06d}.tar"
-
-
-def latent_shard_path(out_dir: str | Path, n: int) -> Path:
-    return Path(out_dir) / "latents" / f"shard-{n:06d}.tar"
-
-
-def manifest_path(out_dir: str | Path, n: int) -> Path:
-    return Path(out_dir) / "manifests" / f"latents-{n:06d}.parquet"
-
-
-def shard_number(path: Path) -> int:
-    stem = path.name.removesuffix(".tar")
-    if not stem.startswith("shard-") or not stem[6:].isdigit():
-        raise ValueError(f"{path.name}: not a shard-NNNNNN.tar name")
-    return int(stem[6:])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,71 +77,38 @@ class ShardIndex:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _scan_members(path: Path) -> tuple[dict[str, dict[str, tuple[int, int]]], str | None]:
-    """key -> field -> (offset, size) from the tar headers (no image data read); plus an error, if any."""
-    members: dict[str, dict[str, tuple[int, int]]] = {}
-    last = None
-    error = None
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                base = m.name.rsplit("/", 1)[-1]
-                if "." not in base:
-                    raise SchemaError(f"tar member {m.name!r} has no field extension")
-                key, ext = base.split(".", 1)
-                if key != last and key in members:
-                    raise SchemaError(f"sample {key!r} is split or duplicated")
-                last = key
-                members.setdefault(key, {})[ext] = (m.offset_data, m.size)
-    except (tarfile.TarError, EOFError, OSError, SchemaError) as exc:
-        error = f"{path.name}: unreadable tar after {len(members)} samples ({exc})"
-        if last is not None:
-            members.pop(last, None)  # the sample being read when the damage hit is incomplete
-    return members, error
-
-
 def index_render_shard(path: str | Path) -> ShardIndex:
     """Check each sample's metadata and cameras (not the PNG bytes) and list its images' byte ranges."""
     path = Path(path)
     index = ShardIndex(number=shard_number(path), path=path)
-    members, error = _scan_members(path)
+    entries, error = index_tar(path)
     if error:
         log.error(error)
         index.failures.append({"uid": "", "reason": "unreadable_tar", "detail": error, "num_images": 0})
-    with open(path, "rb") as fh:
-        for key, fields in members.items():
-            raw: dict[str, Any] = {"__key__": key}
-            try:
-                for name, (offset, size) in fields.items():
-                    if name.endswith(SMALL_SUFFIXES):
-                        fh.seek(offset)
-                        raw[name] = fh.read(size)
-                        if len(raw[name]) != size:
-                            raise SchemaError(f"{name}: truncated ({len(raw[name])} of {size} bytes)")
-                    else:
-                        raw[name] = b""  # PNG content is checked where it is decoded
-                sample = decode_render_sample(raw, decode_images=False)
-                res = int(sample.meta["resolution"])
-                if res % 8:
-                    raise SchemaError(
-                        f"meta.json: resolution {res} is not a multiple of 8 (VAE downsampling)"
-                    )
-                V, F = int(sample.meta["num_views"]), int(sample.meta["num_frames"])
-                images = [
-                    (orbit, v, f, *fields[image_field(orbit, v, f)])
-                    for orbit in sample.meta["orbits"]
-                    for v in range(V)
-                    for f in range(F)
-                ]
-            except SchemaError as exc:
-                log.warning("%s: skipping sample %s: %s", path.name, key, exc)
-                index.failures.append({"uid": key, "reason": "schema", "detail": str(exc), "num_images": 0})
-                continue
-            index.samples.append(
-                PlannedSample(key, sample.meta, sample.c2w, sample.angles, sample.intrinsics, images)
-            )
+    for entry in entries:
+        fields = entry.fields()
+        try:
+            raw = read_entry(entry, [name for name in fields if name.endswith(SMALL_SUFFIXES)])
+            # PNG content is checked where it is decoded
+            raw.update({name: b"" for name in fields if name not in raw})
+            sample = decode_render_sample(raw, decode_images=False)
+            res = int(sample.meta["resolution"])
+            if res % 8:
+                raise SchemaError(f"meta.json: resolution {res} is not a multiple of 8 (VAE downsampling)")
+            V, F = int(sample.meta["num_views"]), int(sample.meta["num_frames"])
+            images = [
+                (orbit, v, f, *fields[image_field(orbit, v, f)])
+                for orbit in sample.meta["orbits"]
+                for v in range(V)
+                for f in range(F)
+            ]
+        except SchemaError as exc:
+            log.warning("%s: skipping sample %s: %s", path.name, entry.key, exc)
+            index.failures.append({"uid": entry.key, "reason": "schema", "detail": str(exc), "num_images": 0})
+            continue
+        index.samples.append(
+            PlannedSample(entry.key, sample.meta, sample.c2w, sample.angles, sample.intrinsics, images)
+        )
     return index
 
 
@@ -214,7 +169,7 @@ class EncodeActor:
     """map_batches callable class: holds the loaded encoders; rows with an error pass through unencoded."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        from curation.encoders import Encoders
+        from model.encoders import Encoders
 
         logging.basicConfig(level=logging.INFO)
         self.encoders = Encoders(EncoderSpec(**spec))
@@ -248,7 +203,7 @@ class _ShardState:
     def __init__(self, index: ShardIndex, out_dir: Path, encoder: dict[str, Any]) -> None:
         self.index = index
         self.out_path = latent_shard_path(out_dir, index.number)
-        self.manifest = manifest_path(out_dir, index.number)
+        self.manifest = latent_manifest_path(out_dir, index.number)
         self.encoder = encoder
         self.expected = {s.key: len(s.images) for s in index.samples}
         self.rows: dict[str, list[dict[str, Any]]] = {s.key: [] for s in index.samples}
@@ -335,7 +290,8 @@ class _ShardState:
                 {"uid": s.key, "status": "failed", "reason": "missing_rows", "detail": "", "num_images": 0}
             )
         self.cursor = len(self.index.samples)
-        write_manifest(self.manifest, self.records, self.index.number)
+        rows = [dict(r, shard=self.index.number) for r in self.records]
+        write_manifest(self.manifest, rows, LATENT_COLUMNS, LATENT_STATUSES)
         if self.writer is None:
             self.writer = ShardWriter(self.out_path)  # an empty shard still marks the shard as done
         self.writer.close()
@@ -354,34 +310,16 @@ class _ShardState:
             self.writer.abort()
 
 
-def write_manifest(path: Path, records: list[dict[str, Any]], shard: int) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table(
-        {
-            "shard": pa.array([shard] * len(records), pa.int32()),
-            "uid": pa.array([r["uid"] for r in records], pa.string()),
-            "status": pa.array([r["status"] for r in records], pa.string()),
-            "reason": pa.array([r["reason"] for r in records], pa.string()),
-            "detail": pa.array([r["detail"] for r in records], pa.string()),
-            "num_images": pa.array([r["num_images"] for r in records], pa.int32()),
-        }
-    )
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def pending_shards(out_dir: str | Path, shards: Sequence[int] | None = None) -> tuple[list[Path], list[Path]]:
     """(render shards to encode, render shards already encoded), in shard order."""
-    renders = sorted((Path(out_dir) / "renders").glob("shard-*.tar"))
+    renders = render_shards(out_dir)
     if shards:
         wanted = set(shards)
         renders = [p for p in renders if shard_number(p) in wanted]
         missing = wanted - {shard_number(p) for p in renders}
         if missing:
-            raise ValueError(f"no render shard(s) {sorted(missing)} under {Path(out_dir) / 'renders'}")
+            where = render_shard_path(out_dir, 0).parent
+            raise ValueError(f"no render shard(s) {sorted(missing)} under {where}")
     todo = [p for p in renders if not latent_shard_path(out_dir, shard_number(p)).exists()]
     done = [p for p in renders if latent_shard_path(out_dir, shard_number(p)).exists()]
     return todo, done
@@ -421,7 +359,7 @@ def encode_latents(
     for p in done:
         log.info("skipping %s: latent shard already complete", p.name)
     if not todo:
-        log.info("nothing to encode under %s", out_dir / "renders")
+        log.info("nothing to encode under %s", render_shard_path(out_dir, 0).parent)
         return []
     _init_ray()
     device = _device(enc_cfg.device)

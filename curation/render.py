@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from curation.asset_task import DONE_FILE, process_asset, read_done
-from curation.manifest import write_manifest
 from curation.pack import pack_render_dir
 from profiles import to_dict
 from profiles.load import absolute_paths, add_profile_args, profile_from_args
 from profiles.schema import PipelineConfig
-from shards.layout import dataset_dir, shard_name
+from shards.layout import dataset_dir, render_manifest_path, render_shard_path, shard_name, work_dir
+from shards.manifest import write_manifest
 from shards.writer import ShardWriter, atomic_write_bytes
 
 log = logging.getLogger("curation.render")
@@ -57,11 +57,10 @@ def shard_slice(records: list[Any], shard: int, per_shard: int) -> list[Any]:
 
 def shard_paths(out_dir: Path, shard: int) -> dict[str, Path]:
     """Where shard `shard` goes under a dataset folder (see `dataset_dir`)."""
-    name = shard_name(shard)
     return {
-        "tar": out_dir / "renders" / f"{name}.tar",
-        "manifest": out_dir / "manifests" / f"{name}.parquet",
-        "work": out_dir / "work" / name,
+        "tar": render_shard_path(out_dir, shard),
+        "manifest": render_manifest_path(out_dir, shard),
+        "work": work_dir(out_dir, shard),
     }
 
 

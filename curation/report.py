@@ -51,7 +51,9 @@ def read_manifests(out_dir: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     rows: list[dict[str, Any]] = []
-    for path in sorted((out_dir / "manifests").glob("shard-*.parquet")):
+    from shards.layout import render_manifests
+
+    for path in render_manifests(out_dir):
         try:
             table = pq.read_table(path)
         except Exception as exc:  # a damaged manifest should not hide the others
@@ -239,11 +241,12 @@ def build_thumbnails(
 
     missing = set(uids)
     try:
+        from shards.layout import RENDERS, SHARD_GLOB
         from shards.reader import iter_raw_samples
     except ImportError as exc:
         log.warning("no shards reader (%s): thumbnails come from contact sheets only", exc)
         iter_raw_samples = None
-    shards = sorted(out_dir.glob("renders*/shard-*.tar")) if iter_raw_samples else []
+    shards = sorted(out_dir.glob(f"{RENDERS}*/{SHARD_GLOB}")) if iter_raw_samples else []
     for shard in shards:
         if not missing:
             break

@@ -33,9 +33,7 @@ import glob
 import logging
 import random
 import re
-import tarfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,29 +42,12 @@ import torch
 
 from model.edm import bernoulli, sample_cond_aug, sample_lognormal
 from model.embeddings import relative_polar_azimuth
-from shards.latent_schema import LatentSample, decode_latent_sample, sample_latents
+from profiles.schema import StageConfig, TrainConfig
+from shards.index import SampleEntry, index_shards, read_entry
+from shards.latent_schema import LatentSample, decode_latent_sample, draw_posterior_latents
 from shards.render_schema import SchemaError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExampleSpec:
-    """What one training example holds and how its noise is drawn (from `TrainConfig` + `StageConfig`)."""
-
-    num_views: int = 4
-    num_frames: int = 12
-    orbits: tuple[str, ...] = ("static", "dynamic")
-    max_frame_stride: int = 2
-    p_mean: float = 1.0
-    p_std: float = 1.6
-    cond_aug: str = "lognormal"
-    cond_aug_p_mean: float = -3.0
-    cond_aug_p_std: float = 0.5
-    cond_aug_low: float = 0.0
-    cond_aug_high: float = 0.1
-    cond_drop_prob: float = 0.1
-    ref_mask_prob: float = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,23 +88,26 @@ def relative_cameras(
 
 
 def build_example(
-    sample: LatentSample, spec: ExampleSpec, rng: np.random.Generator
+    sample: LatentSample, train: TrainConfig, stage: StageConfig, rng: np.random.Generator
 ) -> dict[str, np.ndarray | str]:
-    """One example (numpy, float32) from a decoded latent sample.
+    """One example (numpy, float32) from a decoded latent sample: ``stage`` says how many views and frames
+    from which orbits, ``train.max_frame_stride`` how far apart the frames may be.
 
     Returns: latents (F, V, C, h, w) scaled targets; cond_latents (F, C, h, w) unscaled input-view means;
     clip (F, D); polar, azimuth (V,) radians; ref_latents (V, C, h, w) unscaled; views (V,), input_view,
     frames (F,) int64; key, orbit.
     """
-    orbits = [o for o in spec.orbits if o in sample.mean]
+    orbits = [o for o in stage.orbits if o in sample.mean]
     if not orbits:
-        raise ValueError(f"sample {sample.key}: none of the orbits {list(spec.orbits)} (has {sample.orbits})")
+        raise ValueError(
+            f"sample {sample.key}: none of the orbits {list(stage.orbits)} (has {sample.orbits})"
+        )
     orbit = orbits[int(rng.integers(len(orbits)))]
     mean, std = sample.mean[orbit], sample.std[orbit]
     v_total, f_total = mean.shape[:2]
-    inp, views = draw_views(v_total, spec.num_views, rng)
-    frames = draw_frames(f_total, spec.num_frames, spec.max_frame_stride, rng)
-    tgt = sample_latents(
+    inp, views = draw_views(v_total, stage.num_views, rng)
+    frames = draw_frames(f_total, stage.num_frames, train.max_frame_stride, rng)
+    tgt = draw_posterior_latents(
         mean[views][:, frames], std[views][:, frames], sample.scaling_factor, rng
     )  # (V, F, C, h, w)
     polar, azim = relative_cameras(sample.angles[orbit], inp, views)
@@ -143,24 +127,29 @@ def build_example(
 
 
 def draw_noise(
-    latent_shape: tuple[int, ...], cond_shape: tuple[int, ...], spec: ExampleSpec, gen: torch.Generator
+    latent_shape: tuple[int, ...],
+    cond_shape: tuple[int, ...],
+    train: TrainConfig,
+    stage: StageConfig,
+    gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """The EDM randomness of one example: sigma, noise, cond_aug, cond_noise, drop_cond, ref_drop."""
+    """The EDM randomness of one example: sigma, noise, cond_aug, cond_noise, drop_cond, ref_drop (the noise
+    schedule and condition dropout of ``train``, the reference masking of ``stage``)."""
     return {
-        "sigma": sample_lognormal(1, spec.p_mean, spec.p_std, gen)[0],
+        "sigma": sample_lognormal(1, train.p_mean, train.p_std, gen)[0],
         "noise": torch.randn(latent_shape, generator=gen),
         "cond_aug": sample_cond_aug(
             1,
-            spec.cond_aug,
-            spec.cond_aug_p_mean,
-            spec.cond_aug_p_std,
-            spec.cond_aug_low,
-            spec.cond_aug_high,
+            train.cond_aug,
+            train.cond_aug_p_mean,
+            train.cond_aug_p_std,
+            train.cond_aug_low,
+            train.cond_aug_high,
             gen,
         )[0],
         "cond_noise": torch.randn(cond_shape, generator=gen),
-        "drop_cond": bernoulli(1, spec.cond_drop_prob, gen)[0],
-        "ref_drop": bernoulli(1, spec.ref_mask_prob, gen)[0],
+        "drop_cond": bernoulli(1, train.cond_drop_prob, gen)[0],
+        "ref_drop": bernoulli(1, stage.ref_mask_prob, gen)[0],
     }
 
 
@@ -205,47 +194,6 @@ def expand_urls(patterns: Sequence[str], root: str | Path = ".") -> list[str]:
     return sorted(dict.fromkeys(urls))
 
 
-@dataclass(frozen=True)
-class IndexEntry:
-    """Where one sample's members lie in its tar: field -> (data offset, size)."""
-
-    path: str
-    key: str
-    members: tuple[tuple[str, int, int], ...]
-
-
-def index_shards(urls: Sequence[str]) -> list[IndexEntry]:
-    """Scan tar headers (no data is read) and list every sample with its member offsets."""
-    entries: list[IndexEntry] = []
-    for url in urls:
-        current: dict[str, tuple[int, int]] = {}
-        key: str | None = None
-        with tarfile.open(url, mode="r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                base = m.name.rsplit("/", 1)[-1]
-                k, _, ext = base.partition(".")
-                if key is not None and k != key:
-                    entries.append(IndexEntry(url, key, tuple((f, *v) for f, v in current.items())))
-                    current = {}
-                key = k
-                current[ext] = (m.offset_data, m.size)
-        if key is not None:
-            entries.append(IndexEntry(url, key, tuple((f, *v) for f, v in current.items())))
-    return entries
-
-
-def read_entry(entry: IndexEntry) -> dict[str, Any]:
-    """The raw sample (field -> bytes) of an index entry, by seeking into its tar."""
-    raw: dict[str, Any] = {"__key__": entry.key, "__url__": entry.path}
-    with open(entry.path, "rb") as fh:
-        for name, offset, size in entry.members:
-            fh.seek(offset)
-            raw[name] = fh.read(size)
-    return raw
-
-
 def example_generators(seed: int, index: int) -> tuple[np.random.Generator, torch.Generator]:
     """Independent numpy and torch generators of example number `index` (a pure function of both)."""
     ss = np.random.SeedSequence([seed & 0xFFFFFFFF, index & 0xFFFFFFFF, index >> 32])
@@ -260,11 +208,13 @@ class IndexedLatentDataset(torch.utils.data.Dataset):
     `__len__` is nominal (2^62): the sampler, not the dataset, decides which g are drawn.
     """
 
-    def __init__(self, urls: Sequence[str], spec: ExampleSpec, seed: int = 0, cache_size: int = 0) -> None:
-        self.entries = index_shards(urls)
+    def __init__(
+        self, urls: Sequence[str], train: TrainConfig, stage: StageConfig, seed: int = 0, cache_size: int = 0
+    ) -> None:
+        self.entries: list[SampleEntry] = index_shards(urls)
         if not self.entries:
             raise ValueError(f"no samples in {len(urls)} latent shards")
-        self.spec = spec
+        self.train, self.stage = train, stage
         self.seed = seed
         self.cache_size = cache_size
         self._cache: dict[int, LatentSample] = {}
@@ -283,8 +233,8 @@ class IndexedLatentDataset(torch.utils.data.Dataset):
     def __getitem__(self, g: int) -> dict[str, Any]:
         rng, gen = example_generators(self.seed, int(g))
         obj = int(rng.integers(len(self.entries)))
-        ex = build_example(self.load(obj), self.spec, rng)
-        noise = draw_noise(ex["latents"].shape, ex["cond_latents"].shape, self.spec, gen)
+        ex = build_example(self.load(obj), self.train, self.stage, rng)
+        noise = draw_noise(ex["latents"].shape, ex["cond_latents"].shape, self.train, self.stage, gen)
         out = to_tensors(ex, noise)
         out["index"] = torch.tensor(int(g))
         return out
@@ -315,7 +265,12 @@ class StepSampler(torch.utils.data.Sampler[int]):
 
 
 def streaming_dataset(
-    urls: Sequence[str], spec: ExampleSpec, seed: int, resume_token: int = 0, shuffle_buffer: int = 64
+    urls: Sequence[str],
+    train: TrainConfig,
+    stage: StageConfig,
+    seed: int,
+    resume_token: int = 0,
+    shuffle_buffer: int = 64,
 ) -> Any:
     """A WebDataset pipeline of examples: resampled shards (infinite), split by node and worker, shuffled.
 
@@ -341,8 +296,8 @@ def streaming_dataset(
                 continue
             rng, gen = example_generators(base_seed, (rank << 40) + (wid << 32) + count)
             count += 1
-            ex = build_example(sample, spec, rng)
-            noise = draw_noise(ex["latents"].shape, ex["cond_latents"].shape, spec, gen)
+            ex = build_example(sample, train, stage, rng)
+            noise = draw_noise(ex["latents"].shape, ex["cond_latents"].shape, train, stage, gen)
             yield to_tensors(ex, noise)
 
     return wds.DataPipeline(
@@ -357,7 +312,8 @@ def streaming_dataset(
 
 def make_loader(
     urls: Sequence[str],
-    spec: ExampleSpec,
+    train: TrainConfig,
+    stage: StageConfig,
     *,
     seed: int,
     batch_size: int,
@@ -370,7 +326,7 @@ def make_loader(
 ) -> torch.utils.data.DataLoader:
     """An infinite DataLoader of collated example batches for one rank."""
     if mode == "indexed":
-        ds = IndexedLatentDataset(urls, spec, seed, cache_size=256 if num_workers == 0 else 0)
+        ds = IndexedLatentDataset(urls, train, stage, seed, cache_size=256 if num_workers == 0 else 0)
         sampler = StepSampler(batch_size, rank, world_size, start_micro_step)
         return torch.utils.data.DataLoader(
             ds,
@@ -381,27 +337,8 @@ def make_loader(
             persistent_workers=num_workers > 0,
         )
     if mode == "streaming":
-        ds = streaming_dataset(urls, spec, seed, start_micro_step, shuffle_buffer)
+        ds = streaming_dataset(urls, train, stage, seed, start_micro_step, shuffle_buffer)
         return torch.utils.data.DataLoader(
             ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
         )
     raise ValueError(f"data mode {mode!r} is not one of indexed, streaming")
-
-
-def spec_from_config(train: Any, stage: Any) -> ExampleSpec:
-    """ExampleSpec from `profiles.schema.TrainConfig` and one of its `StageConfig`s."""
-    return ExampleSpec(
-        num_views=stage.num_views,
-        num_frames=stage.num_frames,
-        orbits=tuple(stage.orbits),
-        max_frame_stride=train.max_frame_stride,
-        p_mean=train.p_mean,
-        p_std=train.p_std,
-        cond_aug=train.cond_aug,
-        cond_aug_p_mean=train.cond_aug_p_mean,
-        cond_aug_p_std=train.cond_aug_p_std,
-        cond_aug_low=train.cond_aug_low,
-        cond_aug_high=train.cond_aug_high,
-        cond_drop_prob=train.cond_drop_prob,
-        ref_mask_prob=stage.ref_mask_prob,
-    )

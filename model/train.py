@@ -8,27 +8,21 @@
 
 Stage `3d` bypasses the frame attention (alpha_f = 0 through `SV4D2UNet.set_frame_attention(False)`) and
 freezes its parameters; stage `4d` enables and trains them, starting from the 3d stage's checkpoint.
-Everything else (optimizer, EDM, data) is shared. See model/edm.py for the EDM math, model/data.py for
-the examples and their determinism, model/checkpoint.py for the checkpoint layout.
+Everything else (optimizer, EDM, data) is shared. This module is the stage loop and its set-up; the step
+is model/train_step.py, the training state and its checkpoints model/train_state.py (layout in
+model/checkpoint.py), logging model/train_log.py. See model/edm.py for the EDM math, model/data.py for the
+examples and their determinism.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
-import os
-import random
 import sys
-import time
-from collections.abc import Iterable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -39,123 +33,19 @@ from model.checkpoint import (
     load_train_state,
     load_weights,
     resolve_checkpoint,
-    save_checkpoint,
 )
-from model.config import get_config, save_config
-from model.data import expand_urls, make_loader, spec_from_config
-from model.edm import append_dims, denoise, edm_loss, vscaling_edm
+from model.config import UNetConfig, get_config, save_config
+from model.data import expand_urls, make_loader
+from model.distributed import DistInfo, init_distributed
+from model.dtypes import torch_dtype
 from model.ema import EMA
+from model.train_log import TrainLogger
+from model.train_state import StageCheckpointer, TrainState, restore_state
+from model.train_step import StepResult, train_step
 from model.unet import SV4D2UNet, build_unet
+from profiles.loader import to_dict
 
 log = logging.getLogger("model.train")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The loss of one batch
-
-
-def training_loss(
-    net: nn.Module,
-    batch: dict[str, Any],
-    device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and per-sample EDM loss of a collated batch (model/data.py) through `net` (SV4D2UNet or DDP).
-
-    Noisy input x = x0 + sigma * n; the network sees c_in * x and c_noise; the conditioning latents are
-    noise-augmented with cond_aug (which also feeds the 256-d sigma embedding). Condition dropout zeroes the
-    conditioning latents, the CLIP embeddings and the reference views of a sample jointly (the release's
-    unconditional branch); reference masking zeroes only the reference views.
-    """
-    x0 = batch["latents"].to(device, torch.float32)
-    sigma = batch["sigma"].to(device, torch.float32)
-    noise = batch["noise"].to(device, torch.float32)
-    x_noisy = x0 + append_dims(sigma, x0.ndim) * noise
-    _, _, c_in, c_noise = vscaling_edm(sigma)
-    keep = (~batch["drop_cond"].to(device)).float()
-    cond_aug = batch["cond_aug"].to(device, torch.float32)
-    cond = batch["cond_latents"].to(device, torch.float32)
-    cond = (cond + append_dims(cond_aug, cond.ndim) * batch["cond_noise"].to(device)) * append_dims(
-        keep, cond.ndim
-    )
-    clip = batch["clip"].to(device, torch.float32) * keep[:, None, None]
-    ref_keep = keep * (~batch["ref_drop"].to(device)).float()
-    ctx = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else nullcontext()
-    )
-    with ctx:
-        out = net(
-            append_dims(c_in, x_noisy.ndim) * x_noisy,
-            c_noise,
-            cond,
-            clip,
-            batch["polar"].to(device),
-            batch["azimuth"].to(device),
-            cond_sigma=cond_aug,
-            ref_latents=batch["ref_latents"].to(device, torch.float32),
-            ref_mask=ref_keep,
-        )
-    per_sample = edm_loss(denoise(out.float(), x_noisy, sigma), x0, sigma)
-    return per_sample.mean(), per_sample
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Distributed setup
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_pref: str = "auto") -> DistInfo:
-    """Read torchrun's env:// variables; init NCCL (GPU) or gloo (CPU) when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is available")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://")
-    return DistInfo(rank, world, local_rank, device)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# RNG state (exact resume)
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -238,11 +128,11 @@ class StageResult:
     """Where the stage's weights came from: a checkpoint/file path, `resume:<path>`, or None (random)."""
 
 
-def _autocast_dtype(model_cfg: Any, device: torch.device) -> torch.dtype | None:
-    dt = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[model_cfg.dtype]
-    if device.type == "cpu" and not model_cfg.cpu_autocast:
+def autocast_dtype_for(mcfg: Any, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``model.dtype`` (None: float32, or the CPU without ``model.cpu_autocast``)."""
+    if mcfg.dtype == "float32" or (device.type == "cpu" and not mcfg.cpu_autocast):
         return None
-    return dt
+    return torch_dtype(mcfg.dtype)
 
 
 def lr_lambda(warmup_steps: int):
@@ -252,6 +142,110 @@ def lr_lambda(warmup_steps: int):
     return f
 
 
+def build_network(mcfg: Any, seed: int, stage: str, device: torch.device) -> tuple[UNetConfig, SV4D2UNet]:
+    """The stage's network, identically initialized on every rank (seeded), configured for ``stage``."""
+    unet_cfg = get_config(mcfg.unet).replace(gradient_checkpointing=mcfg.activation_checkpointing)
+    torch.manual_seed(seed)
+    net = build_unet(unet_cfg).to(device)
+    net.checkpoint_policy = mcfg.checkpoint_policy  # before any compile: regions are built per policy
+    configure_stage(net, stage)
+    return unet_cfg, net
+
+
+def init_stage_weights(
+    net: SV4D2UNet, cfg: Any, stage: Any, ckpt_root: Path, init_from: str | None, resume_ckpt: Path | None
+) -> str | None:
+    """Load the stage's starting weights; returns where they came from (None: the random init).
+
+    Order: the checkpoint being resumed; else ``init_from`` or the stage's ``init_from``; else the previous
+    stage's latest checkpoint; else (first stage) ``model.init_checkpoint``."""
+    if resume_ckpt is not None:
+        load_init_weights(net, resume_ckpt, "model")
+        return f"resume:{resume_ckpt}"
+    tcfg = cfg.train
+    init, which = init_from or stage.init_from, stage.init_weights
+    if not init:
+        idx = [s.name for s in tcfg.stages].index(stage.name)
+        if idx > 0:
+            init = tcfg.stages[idx - 1].name
+            if latest_checkpoint(ckpt_root / init) is None:
+                raise FileNotFoundError(
+                    f"stage {stage.name} starts from stage {init}, which has no checkpoint under "
+                    f"{ckpt_root / init}: run --stage {init} first or pass --init-from"
+                )
+        elif cfg.model.init_checkpoint:
+            init, which = cfg.model.init_checkpoint, "model"
+    if not init:
+        return None
+    init_path = resolve_checkpoint(init, ckpt_root)
+    load_init_weights(net, init_path, which)
+    return str(init_path)
+
+
+def wrap_for_training(
+    net: SV4D2UNet, tcfg: Any, di: DistInfo
+) -> tuple[nn.Module, nn.parallel.DistributedDataParallel | None]:
+    """(what the forward runs through, the DDP wrapper or None): regional or full compile on CUDA, DDP."""
+    device = di.device
+    if tcfg.compile == "regional" and device.type == "cuda":
+        from model.compile import compile_blocks
+
+        log.info("regional compile: %d blocks", compile_blocks(net, min_tokens=tcfg.compile_min_tokens))
+    ddp = None
+    model: nn.Module = net
+    if di.distributed:
+        ddp = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        model = ddp
+    fwd = torch.compile(model) if (tcfg.compile == "full" and device.type == "cuda") else model
+    return fwd, ddp
+
+
+def stage_loader(cfg: Any, stage: Any, di: DistInfo, start_step: int) -> tuple[list[str], Any]:
+    """(latent shard paths, the rank's infinite loader positioned at ``start_step``)."""
+    tcfg = cfg.train
+    urls = expand_urls(stage.data, cfg.out_dir) if stage.data else []
+    if not urls:
+        raise ValueError(f"stage {stage.name} has no data: set train.stages[].data to latent shards")
+    loader = make_loader(
+        urls,
+        tcfg,
+        stage,
+        seed=tcfg.seed + 1000 * [s.name for s in tcfg.stages].index(stage.name),
+        batch_size=tcfg.batch_size,
+        rank=di.rank,
+        world_size=di.world_size,
+        start_micro_step=start_step * tcfg.grad_accum,
+        mode=tcfg.data_mode,
+        num_workers=tcfg.num_workers,
+        shuffle_buffer=tcfg.shuffle_buffer,
+    )
+    return urls, loader
+
+
+def guard_step(state: TrainState, result: StepResult, max_bad_steps: int) -> None:
+    """NaN guard: count a skipped step; abort after ``max_bad_steps`` in a row."""
+    if result.finite:
+        state.bad_run = 0
+        return
+    state.bad_total += 1
+    state.bad_run += 1
+    log.warning(
+        "step %d: non-finite loss %s or grad norm %s, step skipped (%d consecutive, %d total)",
+        state.step,
+        result.loss,
+        result.grad_norm,
+        state.bad_run,
+        state.bad_total,
+    )
+    if state.bad_run >= max_bad_steps:
+        raise RuntimeError(
+            f"{state.bad_run} consecutive non-finite steps (train.max_bad_steps={max_bad_steps}), "
+            f"aborting at step {state.step}"
+        )
+
+
 def run_stage(
     cfg: Any,
     stage_name: str,
@@ -259,283 +253,116 @@ def run_stage(
     init_from: str | None = None,
     resume: bool = False,
     steps: int | None = None,
-    nan_steps: Iterable[int] = (),
     dist_info: DistInfo | None = None,
 ) -> StageResult:
     """Train one stage of `cfg.train.stages` (a `profiles.schema.PipelineConfig`) and checkpoint it.
 
     init_from: checkpoint folder, safetensors file or stage name overriding the stage's init. resume: continue
-    from the stage's latest checkpoint. steps: override the stage's step count. nan_steps: steps whose loss
-    is replaced by NaN (tests of the NaN guard).
+    from the stage's latest checkpoint. steps: override the stage's step count.
     """
-    tcfg, mcfg = cfg.train, cfg.model
-    stage = tcfg.stage(stage_name)
+    tcfg, stage = cfg.train, cfg.train.stage(stage_name)
     total_steps = stage.steps if steps is None else steps
     di = dist_info or init_distributed(tcfg.device)
-    device = di.device
-    out_dir = Path(cfg.out_dir)
-    ckpt_root = out_dir / "checkpoints"
-    stage_dir = ckpt_root / stage.name
-    nan_steps = set(nan_steps)
-
-    # Model: identical init on every rank (seeded), then the stage's init weights.
-    unet_cfg = get_config(mcfg.unet).replace(gradient_checkpointing=mcfg.activation_checkpointing)
-    torch.manual_seed(tcfg.seed)
-    net = build_unet(unet_cfg).to(device)
-    net.checkpoint_policy = mcfg.checkpoint_policy  # before any compile: regions are built per policy
-    frame_names = configure_stage(net, stage.name)
-
-    init_source: str | None = None
-    resume_ckpt = latest_checkpoint(stage_dir) if resume else None
+    ckpt_root = Path(cfg.out_dir) / "checkpoints"
+    unet_cfg, net = build_network(cfg.model, tcfg.seed, stage.name, di.device)
+    resume_ckpt = latest_checkpoint(ckpt_root / stage.name) if resume else None
     if resume and resume_ckpt is None:
-        log.warning("--resume: no checkpoint in %s, starting the stage from its init", stage_dir)
-    if resume_ckpt is None:
-        init = init_from or stage.init_from
-        which = stage.init_weights
-        if not init:
-            idx = [s.name for s in tcfg.stages].index(stage.name)
-            if idx > 0:
-                init = tcfg.stages[idx - 1].name
-                if latest_checkpoint(ckpt_root / init) is None:
-                    raise FileNotFoundError(
-                        f"stage {stage.name} starts from stage {init}, which has no checkpoint under "
-                        f"{ckpt_root / init}: run --stage {init} first or pass --init-from"
-                    )
-            elif mcfg.init_checkpoint:
-                init, which = mcfg.init_checkpoint, "model"
-        if init:
-            init_path = resolve_checkpoint(init, ckpt_root)
-            load_init_weights(net, init_path, which)
-            init_source = str(init_path)
-    else:
-        load_init_weights(net, resume_ckpt, "model")
-        init_source = f"resume:{resume_ckpt}"
-
+        log.warning("--resume: no checkpoint in %s, starting the stage from its init", ckpt_root / stage.name)
+    init_source = init_stage_weights(net, cfg, stage, ckpt_root, init_from, resume_ckpt)
     ema = EMA(net, tcfg.ema_decay)
     opt = torch.optim.AdamW(
         param_groups(net, tcfg.weight_decay), lr=stage.lr, betas=tuple(tcfg.betas), eps=tcfg.adam_eps
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps))
-    step, bad_total, bad_run = 0, 0, 0
+    state = TrainState()
     if resume_ckpt is not None:
-        state = load_train_state(resume_ckpt)
-        if state["stage"] != stage.name:
-            raise ValueError(f"checkpoint {resume_ckpt} is of stage {state['stage']}, not {stage.name}")
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        ema.load(load_weights(resume_ckpt, "ema"), state["ema_updates"])
-        step, bad_total, bad_run = state["step"], state["bad_steps_total"], state["bad_steps_consecutive"]
-        rng = state["rng"]
-        if len(rng) == di.world_size:
-            set_rng_state(rng[di.rank], device)
-        if state["world_size"] != di.world_size:
-            log.warning(
-                "resuming on %d processes a run checkpointed on %d: the examples of each step are the same, "
-                "the per-rank RNG streams are reseeded",
-                di.world_size,
-                state["world_size"],
-            )
-        log.info("resumed stage %s at step %d from %s", stage.name, step, resume_ckpt)
-
-    if tcfg.compile == "regional" and device.type == "cuda":
-        from model.compile import compile_blocks
-
-        log.info("regional compile: %d blocks", compile_blocks(net, min_tokens=tcfg.compile_min_tokens))
-    model: nn.Module = net
-    if di.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    fwd = torch.compile(model) if (tcfg.compile == "full" and device.type == "cuda") else model
-
-    spec = spec_from_config(tcfg, stage)
-    urls = expand_urls(stage.data, out_dir) if stage.data else []
-    if not urls:
-        raise ValueError(f"stage {stage.name} has no data: set train.stages[].data to latent shards")
-    loader = make_loader(
-        urls,
-        spec,
-        seed=tcfg.seed + 1000 * [s.name for s in tcfg.stages].index(stage.name),
-        batch_size=tcfg.batch_size,
-        rank=di.rank,
-        world_size=di.world_size,
-        start_micro_step=step * tcfg.grad_accum,
-        mode=tcfg.data_mode,
-        num_workers=tcfg.num_workers,
-        shuffle_buffer=tcfg.shuffle_buffer,
-    )
-    autocast_dtype = _autocast_dtype(mcfg, device)
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    writer = None
-    # The same numbers as one JSON line per logged step (appended across resumes): easy to read from
-    # scripts such as benchmarks/train_scaling.py. Opened per write, so no handle outlives an error.
-    metrics_path = out_dir / "logs" / f"train_{stage.name}" / "metrics.jsonl"
+        state = restore_state(resume_ckpt, stage.name, opt, sched, ema, di)
+    fwd, ddp = wrap_for_training(net, tcfg, di)
+    urls, loader = stage_loader(cfg, stage, di, state.step)
+    checkpointer = StageCheckpointer(
+        ckpt_root / stage.name, stage.name, cfg.name, di, net, ema, opt, sched,
+        configs=stage_configs(cfg, unet_cfg), config_writer=lambda d: save_config(unet_cfg, d),
+        keep=tcfg.keep_checkpoints,
+    )  # fmt: skip
+    logger = stage_logger(cfg, stage.name, di, total_steps, state.step)
     if di.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "logs" / f"train_{stage.name}"))
-        log.info(
-            "stage %s: %d steps from %d, %d trainable / %d parameters (%d frame-attention tensors %s), "
-            "global batch %d, %d shards, device %s",
-            stage.name,
-            total_steps,
-            step,
-            sum(p.numel() for p in trainable),
-            sum(p.numel() for p in net.parameters()),
-            len(frame_names),
-            "frozen" if stage.name == "3d" else "trained",
-            tcfg.batch_size * tcfg.grad_accum * di.world_size,
-            len(urls),
-            device,
-        )
-    progress = None
-    if di.is_main and tcfg.progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=total_steps, initial=step, desc=f"train {stage.name}", dynamic_ncols=True)
-
-    def checkpoint(last_loss: float) -> Path | None:
-        rngs = [rng_state(device)]
-        if di.distributed:
-            rngs = [None] * di.world_size
-            dist.all_gather_object(rngs, rng_state(device))
-        path = None
-        if di.is_main:
-            from profiles.loader import to_dict
-
-            state = {
-                "stage": stage.name,
-                "step": step,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "ema_updates": ema.num_updates,
-                "bad_steps_total": bad_total,
-                "bad_steps_consecutive": bad_run,
-                "data": {
-                    "mode": tcfg.data_mode,
-                    "micro_step": step * tcfg.grad_accum,
-                    "examples_seen": step * tcfg.grad_accum * tcfg.batch_size * di.world_size,
-                    "urls": urls,
-                },
-                "rng": rngs,
-                "world_size": di.world_size,
-                "train_config": to_dict(tcfg),
-                "model_config": to_dict(mcfg),
-                "unet_config": unet_cfg.to_dict(),
-            }
-            meta = {
-                "stage": stage.name,
-                "step": step,
-                "profile": cfg.name,
-                "loss": last_loss,
-                "bad_steps_total": bad_total,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-            path = save_checkpoint(
-                stage_dir,
-                step,
-                net.state_dict(),
-                ema.state_dict(),
-                state,
-                meta,
-                config_writer=lambda d: save_config(unet_cfg, d),
-                keep=tcfg.keep_checkpoints,
-            )
-        if di.distributed:
-            dist.barrier()
-        return path
-
+        log_stage_start(net, stage.name, total_steps, state.step, logger.examples_per_step, len(urls), di)
+    autocast_dtype = autocast_dtype_for(cfg.model, di.device)
     losses: list[float] = []
-    start_step = step
-    last_ckpt: Path | None = None
+    start_step, last_ckpt = state.step, None
     data_iter = iter(loader)
     net.train()
-    t_last, last_logged = time.perf_counter(), step
-    while step < total_steps:
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(tcfg.grad_accum):
-            batch = next(data_iter)
-            sync = nullcontext()
-            if di.distributed and micro < tcfg.grad_accum - 1:
-                sync = model.no_sync()  # type: ignore[operator]
-            with sync:
-                loss, _ = training_loss(fwd, batch, device, autocast_dtype)
-                if step in nan_steps and micro == 0:
-                    loss = loss * float("nan")
-                (loss / tcfg.grad_accum).backward()
-            loss_sum += loss.detach() / tcfg.grad_accum
-        if di.distributed:
-            dist.all_reduce(loss_sum)
-            loss_sum /= di.world_size
-        max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-        loss_val, norm_val = float(loss_sum), float(grad_norm)
-        lr_now = sched.get_last_lr()[0]
-        if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-            opt.zero_grad(set_to_none=True)
-            bad_total += 1
-            bad_run += 1
-            log.warning(
-                "step %d: non-finite loss %s or grad norm %s, step skipped (%d consecutive, %d total)",
-                step,
-                loss_val,
-                norm_val,
-                bad_run,
-                bad_total,
-            )
-            if bad_run >= tcfg.max_bad_steps:
-                raise RuntimeError(
-                    f"{bad_run} consecutive non-finite steps (train.max_bad_steps={tcfg.max_bad_steps}), "
-                    f"aborting at step {step}"
-                )
-        else:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update(net)
-            bad_run = 0
-        sched.step()
-        step += 1
-        losses.append(loss_val)
-        if writer is not None and (step % tcfg.log_every == 0 or step == total_steps):
-            now = time.perf_counter()
-            writer.add_scalar("train/loss", loss_val, step)
-            writer.add_scalar("train/grad_norm", norm_val, step)
-            writer.add_scalar("train/lr", lr_now, step)
-            writer.add_scalar("train/bad_steps", bad_total, step)
-            writer.add_scalar("train/ema_decay", ema.current_decay(), step)
-            step_time = (now - t_last) / (step - last_logged)  # the last log may close a short interval
-            writer.add_scalar("perf/step_time_s", step_time, step)
-            row = {
-                "step": step,
-                "loss": loss_val,
-                "grad_norm": norm_val,
-                "lr": lr_now,
-                "bad_steps": bad_total,
-                "step_time_s": step_time,
-                "examples_per_s": tcfg.batch_size * tcfg.grad_accum * di.world_size / step_time,
-                "world_size": di.world_size,
-            }
-            if device.type == "cuda":
-                row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            alphas = net.mix_alphas()
-            if alphas:
-                writer.add_scalar("mix/alpha_f_mean", float(np.mean([a[1] for a in alphas.values()])), step)
-                writer.add_scalar("mix/alpha_3d_mean", float(np.mean([a[0] for a in alphas.values()])), step)
-            t_last, last_logged = now, step
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_val:.4f}", bad=bad_total)
-        if step % tcfg.ckpt_every == 0 or step == total_steps:
-            last_ckpt = checkpoint(loss_val)
-    if progress is not None:
-        progress.close()
-    if writer is not None:
-        writer.close()
-    if step == start_step and di.is_main:
-        last_ckpt = latest_checkpoint(stage_dir)
-    return StageResult(stage.name, start_step, step, losses, bad_total, last_ckpt, init_source)
+    while state.step < total_steps:
+        batches = [next(data_iter) for _ in range(tcfg.grad_accum)]
+        result = train_step(
+            fwd, net, opt, ema, batches, di.device,
+            autocast_dtype=autocast_dtype, grad_clip=tcfg.grad_clip, sched=sched, ddp=ddp,
+        )  # fmt: skip
+        guard_step(state, result, tcfg.max_bad_steps)
+        state.step += 1
+        losses.append(result.loss)
+        logger.step(state.step, result, state.bad_total, ema.current_decay(), net)
+        if state.step % tcfg.ckpt_every == 0 or state.step == total_steps:
+            last_ckpt = checkpointer.save(state, data_position(tcfg, state.step, di, urls), result.loss)
+    logger.close()
+    if state.step == start_step and di.is_main:
+        last_ckpt = latest_checkpoint(ckpt_root / stage.name)
+    return StageResult(stage.name, start_step, state.step, losses, state.bad_total, last_ckpt, init_source)
+
+
+def stage_configs(cfg: Any, unet_cfg: UNetConfig) -> dict[str, Any]:
+    """The configs a checkpoint stores, as plain dicts."""
+    return {
+        "train_config": to_dict(cfg.train),
+        "model_config": to_dict(cfg.model),
+        "unet_config": unet_cfg.to_dict(),
+    }
+
+
+def data_position(tcfg: Any, step: int, di: DistInfo, urls: list[str]) -> dict[str, Any]:
+    """Where the data stream stands after ``step`` steps (stored in the checkpoint)."""
+    micro = step * tcfg.grad_accum
+    return {
+        "mode": tcfg.data_mode,
+        "micro_step": micro,
+        "examples_seen": micro * tcfg.batch_size * di.world_size,
+        "urls": urls,
+    }
+
+
+def stage_logger(cfg: Any, stage: str, di: DistInfo, total_steps: int, start_step: int) -> TrainLogger:
+    tcfg = cfg.train
+    return TrainLogger(
+        Path(cfg.out_dir) / "logs" / f"train_{stage}",
+        enabled=di.is_main,
+        progress=tcfg.progress,
+        desc=f"train {stage}",
+        total_steps=total_steps,
+        start_step=start_step,
+        log_every=tcfg.log_every,
+        examples_per_step=tcfg.batch_size * tcfg.grad_accum * di.world_size,
+        world_size=di.world_size,
+    )
+
+
+def log_stage_start(
+    net: SV4D2UNet, stage: str, total: int, step: int, global_batch: int, shards: int, di: DistInfo
+) -> None:
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    log.info(
+        "stage %s: %d steps from %d, %d trainable / %d parameters (%d frame-attention tensors %s), "
+        "global batch %d, %d shards, device %s",
+        stage,
+        total,
+        step,
+        trainable,
+        sum(p.numel() for p in net.parameters()),
+        len(net.frame_attention_parameter_names()),
+        "frozen" if stage == "3d" else "trained",
+        global_batch,
+        shards,
+        di.device,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

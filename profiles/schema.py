@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+Dtype = Literal["float32", "bfloat16", "float16"]
+"""The one dtype vocabulary of every dtype setting (torch's names; model/dtypes.py maps them to torch)."""
+
 
 @dataclass
 class AssetsConfig:
@@ -172,7 +175,7 @@ class CurationConfig:
 
 @dataclass
 class EncodeConfig:
-    """Latent encoding (SD2.1 VAE + OpenCLIP ViT-H-14); see curation/encoders.py for the pixel rules."""
+    """Latent encoding (SD2.1 VAE + OpenCLIP ViT-H-14); see model/encoders.py for the pixel rules."""
 
     vae_path: str = ""
     """Local folder (or a hub id in the HF cache) of the SD2.1 model; the VAE is in its `vae` subfolder."""
@@ -184,7 +187,7 @@ class EncodeConfig:
     """Optional open_clip model-config json registered before creating `clip_model` (not for ViT-H-14)."""
     official_checkpoint: str = ""
     """Official sv4d2/sv3d_p .safetensors: take the VAE and CLIP weights from its conditioner and first stage
-    (curation/official_weights.py) instead of vae_path/clip_pretrained. Excludes `tiny`."""
+    (model/official_encoders.py) instead of vae_path/clip_pretrained. Excludes `tiny`."""
     official_vae_config: str = ""
     """AutoencoderKL config json for `official_checkpoint` (empty: the SD2.1 VAE; other values for tests)."""
     tiny: bool = False
@@ -196,7 +199,7 @@ class EncodeConfig:
     num_actors: int = 1
     """Encoder actors (one GPU each when GPUs exist, else `cpus_per_actor` CPUs each)."""
     cpus_per_actor: float = 1.0
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Dtype = "float32"
     """Compute dtype on GPU (CPU always runs float32). Stored arrays are float16 regardless."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: GPU actors when the Ray cluster has GPUs, else CPU actors."""
@@ -205,7 +208,7 @@ class EncodeConfig:
     compile: bool = False
     """torch.compile the VAE in each GPU actor (ignored on CPU); the CLIP tower stays eager (faster)."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
-    """max-autotune: +23% VAE throughput on an H100 for a ~5 min compile per actor (RESULTS.md)."""
+    """max-autotune: more VAE throughput for a compile of minutes per actor (benchmarks/RESULTS.md)."""
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -231,9 +234,9 @@ class ModelSection:
     """Recompute each block in the backward pass (saves memory at about 30% more compute)."""
     checkpoint_policy: Literal["full", "selective", "attention"] = "full"
     """With activation_checkpointing: what the backward recomputes. full: everything; attention: keeps the
-    long self-attention outputs (+6 GiB, 5.7% faster steps at batch 2 on an H100); selective: keeps every
+    long self-attention outputs (more memory, faster steps: benchmarks/RESULTS.md); selective: keeps every
     matmul/conv/attention output (no matmul recompute; does not fit batch 2 at full size)."""
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Dtype = "bfloat16"
     """Autocast dtype on CUDA (weights and optimizer stay float32). CPU runs float32 unless cpu_autocast."""
     cpu_autocast: bool = False
     """Use bf16 autocast on the CPU too (slow; only to test the bf16 path)."""
@@ -322,8 +325,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: Literal["none", "full", "regional"] = "none"
     """torch.compile on CUDA: `regional` compiles each ResBlock and transformer step (one graph per block
-    shape; 1.29x faster training steps on an H100, benchmarks/RESULTS.md), `full` the whole network (its
-    compile did not finish in 9 minutes at full size)."""
+    shape; faster training steps, benchmarks/RESULTS.md), `full` the whole network (its compile takes too
+    long at full size)."""
     compile_min_tokens: int = 1296
     """regional: blocks at resolutions with fewer tokens per image than this stay eager (compile time)."""
     log_every: int = 1

@@ -16,8 +16,9 @@ field                        content
                              ``encoder`` (see REQUIRED_ENCODER_META) and ``latent_schema_version``
 ===========================  ====================================================================
 
-Training draws ``z = (mean + std * eps) * meta["encoder"]["vae_scaling_factor"]`` (see `sample_latents`); the
-images were composited on white before encoding (``meta["encoder"]["background"]``).
+Training draws ``z = (mean + std * eps) * meta["encoder"]["vae_scaling_factor"]`` (see
+`draw_posterior_latents`); the images were composited on white before encoding
+(``meta["encoder"]["background"]``).
 """
 
 from __future__ import annotations
@@ -135,11 +136,6 @@ def decode_latent_sample(raw: dict[str, Any]) -> LatentSample:
     )
 
 
-def validate_latent_sample(raw: dict[str, Any]) -> None:
-    """Raise SchemaError if `raw` breaks the latent contract."""
-    decode_latent_sample(raw)
-
-
 def encode_latent_sample(sample: LatentSample) -> dict[str, Any]:
     """LatentSample -> raw fields (bytes) for `shards.writer.ShardWriter`, validated before returning.
 
@@ -163,7 +159,7 @@ def encode_latent_sample(sample: LatentSample) -> dict[str, Any]:
     return raw
 
 
-def sample_latents(
+def draw_posterior_latents(
     mean: np.ndarray, std: np.ndarray, scaling_factor: float, rng: np.random.Generator
 ) -> np.ndarray:
     """One draw of the scaled training latent: (mean + std * eps) * scaling_factor, float32, mean's shape."""

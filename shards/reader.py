@@ -8,49 +8,33 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from shards.index import iter_members
 from shards.render_schema import RenderSample, SchemaError, decode_render_sample
 
 log = logging.getLogger(__name__)
 
 
-def _split(name: str) -> tuple[str, str]:
-    base = name.rsplit("/", 1)[-1]
-    prefix = name[: len(name) - len(base)]
-    if "." not in base:
-        raise SchemaError(f"tar member {name!r} has no field extension")
-    key, ext = base.split(".", 1)
-    return prefix + key, ext
-
-
 def iter_raw_samples(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield raw samples in shard order: {'__key__': key, '__url__': path, field: bytes, ...}.
 
-    Members of one sample are consecutive (as WebDataset requires); a key that reappears later is an error.
-    A truncated or corrupt tar raises SchemaError after the samples read before the damage.
+    Members of one sample are consecutive (as WebDataset requires); a key that reappears later is an error
+    (`shards.index` splits the names). A truncated or corrupt tar raises SchemaError after the samples read
+    before the damage.
     """
     path = Path(path)
-    seen: set[str] = set()
     current: dict[str, Any] | None = None
     try:
         with tarfile.open(path, mode="r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _split(member.name)
+            for key, field, member in iter_members(tar, path.name):
                 if current is not None and key != current["__key__"]:
                     yield current
                     current = None
                 if current is None:
-                    if key in seen:
-                        raise SchemaError(f"{path.name}: sample {key!r} is split or duplicated")
-                    seen.add(key)
                     current = {"__key__": key, "__url__": str(path)}
                 fh = tar.extractfile(member)
                 if fh is None:
                     raise SchemaError(f"{path.name}: cannot read member {member.name!r}")
-                if ext in current:
-                    raise SchemaError(f"{path.name}: duplicate field {ext!r} in sample {key!r}")
-                current[ext] = fh.read()
+                current[field] = fh.read()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise SchemaError(f"{path.name}: unreadable tar ({exc})") from exc
     if current is not None:

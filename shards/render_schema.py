@@ -33,7 +33,6 @@ import numpy as np
 SCHEMA_VERSION = 1
 ORBITS = ("static", "dynamic")
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-IMAGE_RE = re.compile(r"^(static|dynamic)\.v(\d{2,})\.f(\d{2,})\.png$")
 REQUIRED_META = ("uid", "mode", "resolution", "num_views", "num_frames", "orbits", "fov_deg")
 
 
@@ -182,11 +181,6 @@ def decode_render_sample(raw: dict[str, Any], decode_images: bool = True) -> Ren
                     stack[v, f] = img
             images[orbit] = stack
     return RenderSample(key=key, images=images, c2w=c2w, angles=angles, intrinsics=intrinsics, meta=meta)
-
-
-def validate_render_sample(raw: dict[str, Any]) -> None:
-    """Raise SchemaError if `raw` breaks the contract (decodes every image)."""
-    decode_render_sample(raw, decode_images=True)
 
 
 def encode_render_sample(sample: RenderSample) -> dict[str, Any]:

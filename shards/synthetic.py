@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from shards.latent_schema import LatentSample, encode_latent_sample
+from shards.layout import shard_file
 from shards.writer import ShardWriter
 
 SYNTHETIC_ENCODER = {
@@ -57,7 +58,7 @@ def write_latent_shards(
     paths = []
     Path(directory).mkdir(parents=True, exist_ok=True)
     for s in range(num_shards):
-        path = Path(directory) / f"shard-{s:06d}.tar"
+        path = shard_file(directory, s)
         with ShardWriter(path) as w:
             for i in range(per_shard):
                 n = s * per_shard + i

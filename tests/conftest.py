@@ -13,6 +13,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+GPU_SKIP = "needs a CUDA device (torch.cuda.is_available() is False here): gpu tests run on the GPU machine"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, with the reason, where no CUDA device is present."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in gpu_items:
+        item.add_marker(pytest.mark.skip(reason=GPU_SKIP))
+
+
 @pytest.fixture(scope="session")
 def shared_assets() -> Path:
     """The real third-party test assets (../shared/assets beside the checkout, present in CI)."""

@@ -1,0 +1,77 @@
+"""The `demo` profile end to end: the commands of the Makefile's `demo` recipe, run in a scratch folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from shards.index import index_tar
+from shards.latent_schema import decode_latent_sample
+from shards.layout import latent_manifest_path, latent_shard_path, render_manifest_path, render_shard_path
+from shards.reader import iter_raw_samples, iter_render_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def demo_commands(profile: str = "demo", shard: int = 0) -> list[list[str]]:
+    """The `demo:` recipe of the Makefile with its variables expanded (the python is this interpreter)."""
+    text = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", text, re.M)
+    assert recipe, "no demo recipe in the Makefile"
+    values = {"PY": sys.executable, "PROFILE": profile, "SHARD": str(shard), "SHARD6": f"{shard:06d}"}
+    commands = []
+    for line in recipe.group(1).splitlines():
+        line = line.strip()
+        if line.startswith("@"):  # echo
+            continue
+        line = re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], line)
+        commands.append(shlex.split(line))
+    return commands
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+def test_make_demo_runs_every_stage(tmp_path):
+    # RAY_ADDRESS=local: a Ray cluster of its own, never one that another job on the machine started
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1")
+    env["RAY_ADDRESS"] = "local"
+    commands = demo_commands()
+    assert [c[2] for c in commands if c[1] == "-m"] == [
+        "curation.render",
+        "shards.inspect",
+        "curation.render",
+        "shards.inspect",
+        "curation.report",
+        "curation.encode_latents",
+        "curation.encode_latents",
+        "model.train",
+    ]
+    for cmd in commands:
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{shlex.join(cmd[1:])} failed:\n{proc.stderr[-3000:]}"
+    out = tmp_path / "outputs" / "demo"
+    for tree in (out, out / "static"):
+        renders = list(iter_render_samples(render_shard_path(tree, 0)))
+        rows = pq.read_table(render_manifest_path(tree, 0)).to_pylist()
+        rendered = sorted(r["uid"] for r in rows if r["status"] == "rendered")
+        assert rendered and sorted(s.key for s in renders) == rendered
+        latents = [decode_latent_sample(raw) for raw in iter_raw_samples(latent_shard_path(tree, 0))]
+        assert [s.key for s in latents] == [s.key for s in renders]  # one latent sample per render sample
+        encoded = pq.read_table(latent_manifest_path(tree, 0)).to_pylist()
+        assert {r["status"] for r in encoded} == {"encoded"}
+        entries, error = index_tar(latent_shard_path(tree, 0))
+        assert error is None and len(entries) == len(latents)
+    assert (out / "report" / "index.html").is_file()
+    for stage in ("3d", "4d"):
+        (ckpt,) = (out / "checkpoints" / stage).glob("step_*")
+        meta = json.loads((ckpt / "meta.json").read_text())
+        assert meta["step"] == 4 and meta["bad_steps_total"] == 0 and meta["loss"] == meta["loss"]  # not NaN
+        assert (ckpt / "model.safetensors").is_file() and (ckpt / "ema.safetensors").is_file()
