@@ -29,12 +29,18 @@ def sample_latents(
     latent_channels: int = 4,
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
+    sigma_min: float = 0.002,
+    sigma_max: float = 700.0,
+    rho: float = 7.0,
+    x_init: torch.Tensor | None = None,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """Scaled latents (B, F, V, C, h, w) of V novel views x F frames.
 
     cond_latents (B, F, C, h, w): unscaled VAE latents of the input video; clip (B, F, D); polar, azimuth
     (B, V) radians relative to the input view; ref_latents (B, V, C, h, w) or None (no reference views).
     cond_aug: the conditioning-noise sigma (the release samples with 1e-5). Divide by 0.18215 to decode.
+    sigma_min/sigma_max/rho: the discretization; x_init/start_step: start-from-image (`edm.noise_to_step`).
     """
     b, f = cond_latents.shape[:2]
     v = polar.shape[1]
@@ -76,4 +82,9 @@ def sample_latents(
         cfg_hi=cfg_hi,
         generator=generator,
         device=device,
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        rho=rho,
+        x_init=x_init,
+        start_step=start_step,
     )
