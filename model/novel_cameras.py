@@ -126,3 +126,10 @@ def resolve_cameras(spec: str, num_views: int, elevation_deg: float) -> CameraSe
     if Path(spec).expanduser().suffix.lower() in (".json", ".yaml", ".yml"):
         return load_cameras(spec)
     raise ValueError(f"sample.cameras {spec!r} is neither a preset ({', '.join(PRESETS)}), a file nor a list")
+
+
+def intrinsics_matrix(fov_deg: float, resolution: int) -> np.ndarray:
+    """float32 (3, 3) pinhole K of the written poses (the render convention, blender_scripts/cameras.py)."""
+    from blender_scripts.cameras import intrinsics
+
+    return np.asarray(intrinsics(fov_deg, resolution), np.float32)

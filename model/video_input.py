@@ -39,7 +39,9 @@ def _stack(frames: list[np.ndarray], names: list[str]) -> np.ndarray:
         if f.shape[:2] != first[:2]:
             raise ValueError(f"{n}: frame size {f.shape[1]}x{f.shape[0]} differs from {first[1]}x{first[0]}")
     if any(f.shape[-1] == 4 for f in frames):  # mixed RGB/RGBA: RGB frames become opaque RGBA
-        frames = [f if f.shape[-1] == 4 else np.concatenate([f, np.full_like(f[..., :1], 255)], -1) for f in frames]
+        frames = [
+            f if f.shape[-1] == 4 else np.concatenate([f, np.full_like(f[..., :1], 255)], -1) for f in frames
+        ]
     return np.stack(frames)
 
 
@@ -71,7 +73,9 @@ def read_video(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     return stack, {"source": str(path), "kind": "video" if ext != ".gif" else "gif", "fps": fps}
 
 
-def read_frame_folder(path: str | Path, masks_dir: str | Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def read_frame_folder(
+    path: str | Path, masks_dir: str | Path | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """A folder of images, in sorted name order -> (frames, info)."""
     import imageio.v2 as imageio
 
@@ -91,7 +95,7 @@ def read_frame_folder(path: str | Path, masks_dir: str | Path | None = None) -> 
 
 
 def read_masks(path: str | Path, num_frames: int, size: tuple[int, int]) -> np.ndarray:
-    """User masks: a folder of images (sorted, one per frame) or a video; white = object. -> bool (N, H, W)."""
+    """User masks: a folder of images (sorted, one per frame) or a video, white = object -> bool (N, H, W)."""
     path = Path(path).expanduser()
     frames, _ = read_frame_folder(path) if path.is_dir() else read_video(path)
     if len(frames) != num_frames or frames.shape[1:3] != size:
@@ -135,9 +139,7 @@ def read_render_input(
     raise ValueError(f"{path}: no sample {key!r}" if key else f"{path}: the shard holds no sample")
 
 
-def read_input(
-    spec: str | Path, orbit: str = "dynamic", view: int = 0
-) -> tuple[np.ndarray, dict[str, Any]]:
+def read_input(spec: str | Path, orbit: str = "dynamic", view: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """Dispatch on the input: ``x.tar`` / ``x.tar#KEY`` (render sample), a folder, a video or image file."""
     text = str(spec)
     base, _, key = text.partition("#")

@@ -24,7 +24,12 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 10.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     with imageio.get_writer(
-        str(tmp), format="FFMPEG", fps=fps, codec="libx264", pixel_format="yuv420p", macro_block_size=1,
+        str(tmp),
+        format="FFMPEG",
+        fps=fps,
+        codec="libx264",
+        pixel_format="yuv420p",
+        macro_block_size=1,
         quality=8,
     ) as w:
         for f in frames:
@@ -55,8 +60,10 @@ def grid_image(views: np.ndarray, thumb: int = 0) -> np.ndarray:
     v, n, h, w, _ = views.shape
     if thumb and thumb != h:
         views = np.stack(
-            [np.stack([np.asarray(Image.fromarray(f).resize((thumb, thumb), Image.LANCZOS)) for f in row])
-             for row in views]
+            [
+                np.stack([np.asarray(Image.fromarray(f).resize((thumb, thumb), Image.LANCZOS)) for f in row])
+                for row in views
+            ]
         )
         h = w = thumb
     return np.ascontiguousarray(views.transpose(0, 2, 1, 3, 4).reshape(v * h, n * w, 3))

@@ -48,7 +48,16 @@ from shards.render_schema import (
 
 GENERATED_SCHEMA_VERSION = 1
 IMAGE_RE = re.compile(r"^view\.v(\d{2,})\.f(\d{2,})\.png$")
-REQUIRED_META = ("uid", "num_views", "num_frames", "resolution", "fov_deg", "input_view", "checkpoint", "seed")
+REQUIRED_META = (
+    "uid",
+    "num_views",
+    "num_frames",
+    "resolution",
+    "fov_deg",
+    "input_view",
+    "checkpoint",
+    "seed",
+)
 PROVENANCE = ("checkpoint", "seed", "num_steps", "cfg_lo", "cfg_hi")
 
 
@@ -92,7 +101,13 @@ def decode_generated_sample(raw: dict[str, Any], decode_images: bool = True) -> 
     """Validate a raw sample (field -> bytes) and decode it; SchemaError names the bad field."""
     meta = _meta(raw)
     V, F, R = int(meta["num_views"]), int(meta["num_frames"]), int(meta["resolution"])
-    arrays = {"c2w": (V, 4, 4), "angles": (V, 3), "intrinsics": (3, 3), "crop_boxes": (F, 4), "source_frames": (F,)}
+    arrays = {
+        "c2w": (V, 4, 4),
+        "angles": (V, 3),
+        "intrinsics": (3, 3),
+        "crop_boxes": (F, 4),
+        "source_frames": (F,),
+    }
     expected = {"__key__", "meta.json"} | {f"{k}.npy" for k in arrays}
     expected |= {image_field(v, f) for v in range(V) for f in range(F)}
     check_fields(raw, expected)
