@@ -28,7 +28,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 10.0) -> Path:
         format="FFMPEG",
         fps=fps,
         codec="libx264",
-        pixel_format="yuv420p",
+        pixelformat="yuv420p",
         macro_block_size=1,
         quality=8,
     ) as w:
