@@ -116,8 +116,10 @@ def load_cameras(path: str | Path) -> CameraSet:
     return from_pairs(data, where=str(path))
 
 
-def resolve_cameras(spec: str, num_views: int, elevation_deg: float) -> CameraSet:
-    """`sample.cameras`: a preset name, a file path, or an inline JSON list ("[[0, 90], [10, 180]]")."""
+def resolve_cameras(spec: str | list, num_views: int, elevation_deg: float) -> CameraSet:
+    """`sample.cameras`: a preset name, a file path, a list of pairs or an inline JSON list "[[0, 90]]"."""
+    if not isinstance(spec, str):
+        return from_pairs([list(p) for p in spec], where="sample.cameras")
     spec = spec.strip()
     if spec.startswith("["):
         return from_pairs(json.loads(spec), where="sample.cameras")

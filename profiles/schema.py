@@ -377,9 +377,9 @@ class SampleConfig:
     """V: views the network samples at once (8 for sv4d2_8views)."""
     frames_per_pass: int = 12
     """T: frames per window (5 for sv4d2_8views)."""
-    cameras: str = "sv4d2"
-    """A preset (sv4d2: azimuth 60/120/180/240; sv4d2_8views; orbit), a .json/.yaml file or an inline list
-    "[[elevation, azimuth], ...]" in degrees, azimuth relative to the input view."""
+    cameras: str | list[tuple[float, float]] = "sv4d2"
+    """A preset (sv4d2: azimuth 60/120/180/240; sv4d2_8views; orbit), a .json/.yaml file, or a list of
+    [elevation, azimuth] pairs in degrees, azimuth relative to the input view (e.g. [[0, 90], [10, 180]])."""
     orbit_views: int = 8
     """`orbit` preset: number of views, evenly spaced around the turn after the input view."""
     orbit_elevation_deg: float = 0.0
