@@ -116,6 +116,19 @@ class PreparedInput:
     info: dict[str, Any]
 
 
+def resolve_input(spec: str) -> str:
+    """A render shard named without a key (``x.tar``) means its first sample: ``x.tar#KEY``."""
+    spec = str(spec)
+    if spec.endswith(".tar") and Path(spec).expanduser().is_file():
+        from shards.reader import list_keys
+
+        keys = list_keys(Path(spec).expanduser())
+        if not keys:
+            raise ValueError(f"{spec}: the shard holds no sample")
+        return f"{spec}#{keys[0]}"
+    return spec
+
+
 def input_key(spec: str) -> str:
     """A sample key ([A-Za-z0-9_-]+) from an input path (``shard.tar#KEY`` gives KEY)."""
     base, _, key = str(spec).partition("#")

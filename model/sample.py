@@ -143,14 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(rows)} inputs: {len(rows) - len(failed)} done or skipped, {len(failed)} failed")
         return 1 if failed else 0
 
-    from model.novel_views import DONE_FILE, NovelViewSampler, input_key
+    from model.novel_views import DONE_FILE, NovelViewSampler, input_key, resolve_input
 
-    out_dir = Path(args.out) if args.out else out_root / input_key(args.input)
+    try:
+        spec = resolve_input(args.input)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    out_dir = Path(args.out) if args.out else out_root / input_key(spec)
     if (out_dir / DONE_FILE).is_file() and not args.force:
         print(f"{out_dir} is complete ({DONE_FILE} exists); --force samples again")
         return 0
     try:
-        summary = NovelViewSampler(cfg).run(args.input, out_dir)
+        summary = NovelViewSampler(cfg).run(spec, out_dir)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}")
         return 2
