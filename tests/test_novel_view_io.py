@@ -279,3 +279,44 @@ def test_generated_sample_round_trip_and_bad_fields(tmp_path):
     g.crop_boxes = g.crop_boxes[:1]
     with pytest.raises(SchemaError, match="crop_boxes"):
         encode_generated_sample(g)
+
+
+def test_batch_inputs_of_a_shard_and_a_folder(tmp_path):
+    from model.novel_views import resolve_input
+    from model.sample_batch import list_inputs
+    from shards.render_schema import RenderSample, encode_render_sample
+
+    r = 8
+    with ShardWriter(tmp_path / "s.tar") as w:
+        for key in ("a", "b"):
+            meta = {
+                "uid": key,
+                "mode": "4d",
+                "resolution": r,
+                "num_views": 1,
+                "num_frames": 1,
+                "orbits": ["dynamic"],
+                "fov_deg": 33.8,
+            }
+            w.write(
+                encode_render_sample(
+                    RenderSample(
+                        key,
+                        {"dynamic": np.zeros((1, 1, r, r, 4), np.uint8)},
+                        {"dynamic": np.eye(4, dtype=np.float32)[None]},
+                        {"dynamic": np.zeros((1, 3), np.float32)},
+                        np.eye(3, dtype=np.float32),
+                        meta,
+                    )
+                )
+            )
+    assert [s.rsplit("#", 1)[1] for s in list_inputs(tmp_path / "s.tar")] == ["a", "b"]
+    assert resolve_input(str(tmp_path / "s.tar")).endswith("s.tar#a")
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "x.mp4").write_bytes(b"")
+    (tmp_path / "clips" / "frames_y").mkdir()
+    (tmp_path / "clips" / "notes.txt").write_text("not an input")
+    assert [s.rsplit("/", 1)[1] for s in list_inputs(tmp_path / "clips")] == ["frames_y", "x.mp4"]
+    with pytest.raises(ValueError, match="no inputs"):
+        (tmp_path / "none").mkdir()
+        list_inputs(tmp_path / "none")

@@ -177,3 +177,28 @@ def test_batch_runs_as_ray_tasks(workspace, tmp_path):
     manifest = read_manifest(tmp_path / "out" / MANIFEST)
     assert [r["key"] for r in manifest] == ["b", "c"]
     assert read_generated(str(tmp_path / "out" / "b" / "generated.tar")).images.shape[0] == 3
+
+
+def test_official_checkpoint_loads_through_the_converter(workspace, tmp_path):
+    """An official-layout file (model.diffusion_model.* keys) of the tiny geometry: the same weights come out,
+    and the encoders come from the `encode` section when `sample.encoders_from_checkpoint` is false."""
+    from safetensors.torch import save_file
+
+    from model.convert import ours_to_official
+    from model.novel_views import load_encoders, load_network
+
+    torch.manual_seed(1)
+    net = build_unet(get_config("tiny"))
+    path = tmp_path / "sv4d2.safetensors"
+    save_file({ours_to_official(k): v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    cfg = load_profile(
+        "demo", overrides(workspace, f"sample.checkpoint={path}", "sample.encoders_from_checkpoint=false")
+    )
+    loaded, info = load_network(cfg, torch.device("cpu"))
+    assert info["kind"] == "official" and info["source"] == "sv4d2"
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    assert load_encoders(cfg, torch.device("cpu")).clip_dim == 32
+    missing = load_profile("demo", overrides(workspace, f"sample.checkpoint={tmp_path / 'nope'}"))
+    with pytest.raises(FileNotFoundError, match="sample.checkpoint"):
+        load_network(missing, torch.device("cpu"))
