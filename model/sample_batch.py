@@ -111,6 +111,13 @@ def run_batch(
     if inputs_per_task < 1:
         raise ValueError(f"inputs_per_task must be at least 1, got {inputs_per_task}")
     cfg = absolute_paths(cfg)
+    # workers run elsewhere: file knobs of the sample section become absolute (a stage name stays a name)
+    for name in ("checkpoint", "init_images", "masks"):
+        value = getattr(cfg.sample, name)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            setattr(cfg.sample, name, str(Path(value).expanduser().resolve()))
+    if isinstance(cfg.sample.cameras, str) and Path(cfg.sample.cameras).expanduser().is_file():
+        cfg.sample.cameras = str(Path(cfg.sample.cameras).expanduser().resolve())
     out_root = Path(out_root).expanduser().resolve()
     specs = list_inputs(inputs)
     specs = [s if "#" in s else str(Path(s).resolve()) for s in specs]
