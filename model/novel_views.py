@@ -171,6 +171,7 @@ def prepare_input(
         frac = (np.asarray(pos) - lo)[:, None]
         boxes = boxes[lo] * (1 - frac) + boxes[hi] * frac
         positions = positions[lo] * (1 - frac[:, 0]) + positions[hi] * frac[:, 0]
+    log.info("%s: foreground from %s, %s crop, %d frames", spec, source, scfg.crop, len(rgba))
     info.update({"foreground": source, "crop_mode": scfg.crop, "crop_fill": scfg.crop_fill})
     return PreparedInput(input_key(spec), rgba, boxes, positions, info)
 
