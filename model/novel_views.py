@@ -6,6 +6,12 @@ unscaled, and CLIP embeddings; model/vae.py) -> sample latents window by window 
 (`sample_views`, around `model.sample.sample_latents`) -> decode -> videos, grids and a `generated` sample
 (shards/generated_schema.py) that `fit4d/` and the evaluation read.
 
+Where this differs from the release (`simple_video_sample_4d2.py`), on purpose: reference views are the
+generated latents themselves (unscaled), not the decoded frames encoded again (the same content without a
+decode/encode round trip per window); windows overlap by one frame (model/windows.py: equal to the release's
+for every length it supports, and defined for longer videos); a frame covered by two windows keeps the
+first window's version (the one the next window's reference views were taken from).
+
 `sample_views` is the orchestration alone, with the sampler as a callback (tests give it a known
 denoiser); `NovelViewSampler` holds the loaded network and encoders and runs one input end to end.
 """
