@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD) --set render.mode=static
 	$(PY) -m model.train --profile $(PROFILE)
+	$(PY) -m model.sample outputs/$(PROFILE)/renders/shard-$(SHARD6).tar --profile $(PROFILE)
 	@echo "demo done: outputs/$(PROFILE)/{renders,latents,contact_sheets,report,checkpoints}"
 
 render: $(STAMP)

@@ -167,23 +167,58 @@ def euler_edm_sample(
     cfg_hi: float = 2.0,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
+    x_init: torch.Tensor | None = None,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """The release's Euler EDM sampler (no churn) with the linear CFG ramp; returns scaled latents.
 
     `shape` is (B, F, V, C, h, w). Guidance: D = D_u + s * (D_c - D_u) with s from `cfg_scale_ramp`; when
     cfg_lo == cfg_hi == 1 the unconditional branch is skipped.
+    Start-from-image: `x_init` is the state at step `start_step` of the schedule (see `noise_to_step`); the
+    loop then runs steps start_step .. num_steps - 1 only.
     """
     if len(shape) != 6:
         raise ValueError(f"shape must be (B, F, V, C, h, w), got {shape}")
     sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho).to(device)
-    x = torch.randn(shape, generator=generator, device="cpu").to(device)
-    x = x * math.sqrt(1.0 + float(sigmas[0]) ** 2)
+    if not 0 <= start_step < num_steps:
+        raise ValueError(f"start_step must lie in [0, {num_steps}), got {start_step}")
+    if (x_init is None) != (start_step == 0):
+        raise ValueError("x_init and start_step > 0 go together (start-from-image)")
+    if x_init is None:
+        x = torch.randn(shape, generator=generator, device="cpu").to(device)
+        x = x * math.sqrt(1.0 + float(sigmas[0]) ** 2)
+    else:
+        if tuple(x_init.shape) != tuple(shape):
+            raise ValueError(f"x_init shape {tuple(x_init.shape)} != sample shape {tuple(shape)}")
+        x = x_init.to(device=device, dtype=torch.float32)
     scale = cfg_scale_ramp(shape[1], shape[2], cfg_lo, cfg_hi).to(device)[None, :, :, None, None, None]
     guided = not (cfg_lo == 1.0 and cfg_hi == 1.0)
-    for i in range(num_steps):
+    for i in range(start_step, num_steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         sb = s.expand(shape[0])
         d_c = denoise_fn(x, sb, True)
         d = d_c if not guided else (lambda d_u: d_u + scale * (d_c - d_u))(denoise_fn(x, sb, False))
         x = x + (x - d) / s * (s_next - s)
     return x
+
+
+def noise_to_step(
+    x0: torch.Tensor,
+    start_step: int,
+    num_steps: int = 50,
+    sigma_min: float = 0.002,
+    sigma_max: float = 700.0,
+    rho: float = 7.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Start-from-image: clean scaled latents x0 -> x0 + sigma_k * n, the sampler's state at step k.
+
+    sigma_k is entry `start_step` of the same `karras_sigmas(num_steps, ...)` schedule the sampler walks, so
+    `euler_edm_sample(..., x_init=this, start_step=k)` continues exactly where a full trajectory would be at
+    step k (the paper's 4D stage 2 uses k = 25 of 50). Noise is drawn on the CPU (reproducible per seed).
+    """
+    if not 0 < start_step < num_steps:
+        raise ValueError(f"start_step must lie in (0, {num_steps}), got {start_step}")
+    sigma = float(karras_sigmas(num_steps, sigma_min, sigma_max, rho)[start_step])
+    noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
+    return x0.float() + sigma * noise

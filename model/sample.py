@@ -1,79 +1,79 @@
-"""Sampling a trained SV4D 2.0 UNet with the release's Euler EDM sampler and CFG ramp (model/edm.py).
+"""`python -m model.sample`: novel-view videos of a video, a frame folder or a render sample (see --help).
 
-The conditional branch sees the noise-augmented conditioning latents, the CLIP embeddings and the reference
-views; the unconditional branch zeroes all three (the release's unconditional conditioning). Cameras and the
-cond_aug sigma are shared by both branches.
+The sampler itself is `model.sampler.sample_latents`; the pipeline around it is `model.novel_views`.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from model.edm import append_dims, denoise, euler_edm_sample, vscaling_edm
+import argparse
 
 
-@torch.no_grad()
-def sample_latents(
-    net: nn.Module,
-    cond_latents: torch.Tensor,
-    clip: torch.Tensor,
-    polar: torch.Tensor,
-    azimuth: torch.Tensor,
-    ref_latents: torch.Tensor | None = None,
-    *,
-    cond_aug: float = 1e-5,
-    num_steps: int = 50,
-    cfg_lo: float = 1.0,
-    cfg_hi: float = 2.0,
-    latent_channels: int = 4,
-    generator: torch.Generator | None = None,
-    autocast_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Scaled latents (B, F, V, C, h, w) of V novel views x F frames.
+def build_parser() -> argparse.ArgumentParser:
+    from profiles.load import add_profile_args
 
-    cond_latents (B, F, C, h, w): unscaled VAE latents of the input video; clip (B, F, D); polar, azimuth
-    (B, V) radians relative to the input view; ref_latents (B, V, C, h, w) or None (no reference views).
-    cond_aug: the conditioning-noise sigma (the release samples with 1e-5). Divide by 0.18215 to decode.
-    """
-    b, f = cond_latents.shape[:2]
-    v = polar.shape[1]
-    h, w = cond_latents.shape[-2:]
-    device = cond_latents.device
-    sigma_c = torch.full((b,), float(cond_aug), device=device)
-    noise = torch.randn(cond_latents.shape, generator=generator, device="cpu").to(device)
-    cond = cond_latents.float() + cond_aug * noise
-    has_ref = torch.ones(b, device=device) if ref_latents is not None else torch.zeros(b, device=device)
-    ref = ref_latents if ref_latents is not None else torch.zeros(b, v, cond.shape[2], h, w, device=device)
-
-    def denoise_fn(x: torch.Tensor, sigma: torch.Tensor, conditional: bool) -> torch.Tensor:
-        _, _, c_in, c_noise = vscaling_edm(sigma)
-        keep = 1.0 if conditional else 0.0
-        ctx = (
-            torch.autocast(device_type=device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else torch.autocast(device_type=device.type, enabled=False)
-        )
-        with ctx:
-            out = net(
-                append_dims(c_in, x.ndim) * x,
-                c_noise,
-                cond * keep,
-                clip.float() * keep,
-                polar,
-                azimuth,
-                cond_sigma=sigma_c,
-                ref_latents=ref,
-                ref_mask=has_ref * keep,
-            )
-        return denoise(out.float(), x, sigma)
-
-    return euler_edm_sample(
-        denoise_fn,
-        (b, f, v, latent_channels, h, w),
-        num_steps=num_steps,
-        cfg_lo=cfg_lo,
-        cfg_hi=cfg_hi,
-        generator=generator,
-        device=device,
+    p = argparse.ArgumentParser(
+        prog="python -m model.sample",
+        description="Novel-view video synthesis: videos of an object from new viewpoints, from a monocular "
+        "video of it. Writes input.mp4, view_NN.mp4 (one per novel view), grid.mp4, grid.png, cameras.json "
+        "and generated.tar (the sample fit4d and the evaluation read) into the output folder. Every knob is "
+        "in the `sample` section of pipelines.yaml (--set sample.cameras=orbit --set sample.orbit_views=8).",
     )
+    p.add_argument(
+        "input",
+        help="a video (mp4, webm, mov, gif), a folder of frames, or a render shard (x.tar, x.tar#KEY); with "
+        "--batch: a folder of such inputs or a shard whose every sample is one input",
+    )
+    p.add_argument("--out", default="", help="output folder (default: <out_dir>/samples[/<key>])")
+    p.add_argument(
+        "--batch", action="store_true", help="one Ray task per group of inputs (model/sample_batch.py)"
+    )
+    p.add_argument("--address", default=None, help="batch: Ray cluster to join (default: a local one)")
+    p.add_argument(
+        "--inputs-per-task", type=int, default=4, help="batch: inputs per Ray task (one model load)"
+    )
+    p.add_argument("--force", action="store_true", help="sample again even where summary.json exists")
+    add_profile_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+    import logging
+    from pathlib import Path
+
+    from profiles.load import profile_from_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    cfg = profile_from_args(args)
+    out_root = Path(args.out) if args.out else Path(cfg.out_dir) / "samples"
+    if args.batch:
+        from model.sample_batch import run_batch
+
+        rows = run_batch(cfg, args.input, out_root, args.address, args.inputs_per_task, args.force)
+        failed = [r for r in rows if r["status"] == "failed"]
+        print(f"{len(rows)} inputs: {len(rows) - len(failed)} done or skipped, {len(failed)} failed")
+        return 1 if failed else 0
+
+    from model.novel_views import DONE_FILE, NovelViewSampler, input_key, resolve_input
+
+    try:
+        spec = resolve_input(args.input)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    out_dir = Path(args.out) if args.out else out_root / input_key(spec)
+    if (out_dir / DONE_FILE).is_file() and not args.force:
+        print(f"{out_dir} is complete ({DONE_FILE} exists); --force samples again")
+        return 0
+    try:
+        summary = NovelViewSampler(cfg).run(spec, out_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}")
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

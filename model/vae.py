@@ -186,3 +186,8 @@ def decode_latents(
     out = [vae.decode(z[i : i + batch_size]).sample.float().cpu() for i in range(0, z.shape[0], batch_size)]
     images = ((torch.cat(out) + 1.0) / 2.0).clamp(0.0, 1.0)
     return images.reshape(*lead, *images.shape[1:])
+
+
+def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float RGB (..., 3, H, W) in [0, 1] -> uint8 (..., H, W, 3)."""
+    return (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).movedim(-3, -1).numpy()

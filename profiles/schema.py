@@ -364,6 +364,98 @@ class TrainConfig:
 
 
 @dataclass
+class SampleConfig:
+    """Novel-view video synthesis (`python -m model.sample`; model/novel_views.py)."""
+
+    checkpoint: str = "4d"
+    """Our checkpoint folder, a stage name (its latest checkpoint under <out_dir>/checkpoints), or an official
+    sv4d2 / sv4d2_8views .safetensors (converted on load with the `model.unet` geometry)."""
+    weights: Literal["ema", "model"] = "ema"
+    """Which weights of one of our checkpoints."""
+    encoders_from_checkpoint: bool = True
+    """Official checkpoint: take the VAE and CLIP from the same file (else from the `encode` section)."""
+    resolution: int = 576
+    """Model input/output image side (a multiple of 8 * 2^(levels - 1) of the UNet)."""
+    views_per_pass: int = 4
+    """V: views the network samples at once (8 for sv4d2_8views)."""
+    frames_per_pass: int = 12
+    """T: frames per window (5 for sv4d2_8views)."""
+    cameras: str | list[tuple[float, float]] = "sv4d2"
+    """A preset (sv4d2: azimuth 60/120/180/240; sv4d2_8views; orbit), a .json/.yaml file, or a list of
+    [elevation, azimuth] pairs in degrees, azimuth relative to the input view (e.g. [[0, 90], [10, 180]])."""
+    orbit_views: int = 8
+    """`orbit` preset: number of views, evenly spaced around the turn after the input view."""
+    orbit_elevation_deg: float = 0.0
+    """Elevation of the presets' views."""
+    input_elevation_deg: float = 0.0
+    """Elevation assumed for the input camera (the release assumes 0)."""
+    group_anchors: int = 1
+    """More views than V: views of the previous group repeated in each later group as its reference views."""
+    radius: float = 2.0
+    """Camera distance of the written poses (the training orbits' radius)."""
+    fov_deg: float = 33.8
+    """Field of view of the written intrinsics (the training renders')."""
+    num_steps: int = 50
+    sigma_min: float = 0.002
+    sigma_max: float = 700.0
+    rho: float = 7.0
+    cfg_lo: float = 1.0
+    """Guidance at the first (frame, view) latent; rises linearly to cfg_hi along views and time."""
+    cfg_hi: float = 2.0
+    cond_aug: float = 1e-5
+    """Noise sigma of the conditioning latents (the release's)."""
+    seed: int = 23
+    """The release's default seed."""
+    start_step: int = 0
+    """Start-from-image: k > 0 noises `init_images` to step k of num_steps and denoises (paper: 25)."""
+    init_images: str = ""
+    """Start-from-image: a generated.tar whose views 1..N are the images to start from."""
+    crop: Literal["union", "per_frame"] = "union"
+    """union: one box for all frames (the release); per_frame: constant scale, centred in every frame."""
+    crop_fill: float = 0.9
+    """Fraction of the crop side the object fills."""
+    fg_threshold: int = 5
+    """Background difference (0-255) above which a pixel of an RGB input is foreground."""
+    masks: str = ""
+    """Optional user masks: a folder of images or a video, white = object, one per input frame."""
+    frame_stride: int = 1
+    """Keep every n-th input frame."""
+    num_frames: int = 0
+    """Then keep this many, evenly spaced (0: all)."""
+    fill: Literal["repeat", "interpolate"] = "repeat"
+    """Fewer frames than one window: repeat frames (nearest) or interpolate between them."""
+    input_orbit: Literal["static", "dynamic"] = "dynamic"
+    """Render-shard input: which orbit's images are the input video."""
+    input_view: int = 0
+    """Render-shard input: which view of that orbit."""
+    fps: float = 10.0
+    """Frame rate of the written videos (the input's when it has one and this is 0)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    decode_batch: int = 8
+    """Latents per VAE decoder call."""
+    progress: bool = True
+    gpus_per_task: float = 1.0
+    """Batch mode: GPUs per Ray task (0 on a CPU-only machine)."""
+    cpus_per_task: float = 1.0
+
+    def validate(self) -> None:
+        if self.resolution < 8 or self.resolution % 8:
+            raise ValueError(f"sample.resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.views_per_pass < 1 or self.frames_per_pass < 1:
+            raise ValueError("sample.views_per_pass and sample.frames_per_pass must be >= 1")
+        if self.num_steps < 1 or not 0 <= self.start_step < self.num_steps:
+            raise ValueError(f"sample.start_step must lie in [0, num_steps={self.num_steps})")
+        if self.start_step and not self.init_images:
+            raise ValueError("sample.start_step > 0 needs sample.init_images (the images to start from)")
+        if not 0.0 < self.crop_fill <= 1.0:
+            raise ValueError(f"sample.crop_fill must lie in (0, 1], got {self.crop_fill}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError("sample.sigma_min must be positive and below sigma_max")
+        if self.frame_stride < 1 or self.num_frames < 0:
+            raise ValueError("sample.frame_stride must be >= 1 and sample.num_frames >= 0")
+
+
+@dataclass
 class PipelineConfig:
     """One profile of `pipelines.yaml`."""
 
@@ -377,4 +469,6 @@ class PipelineConfig:
     """The diffusion network (schema owned by `model/`)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The EDM trainer and its 3D-to-4D schedule."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Novel-view video synthesis."""
     fit4d: dict = field(default_factory=dict)

@@ -97,7 +97,7 @@ def test_euler_sampler_recovers_a_point_mass_and_applies_guidance():
 
 
 def test_sampler_zeroes_the_conditioning_in_the_unconditional_branch():
-    from model.sample import sample_latents
+    from model.sampler import sample_latents
 
     calls = []
 
