@@ -7,7 +7,8 @@ sigma 1.5, K = (0.01, 0.03), as scikit-image's ``gaussian_weights=True, use_samp
 Regions. ``whole``: every pixel. ``foreground``: the pixels where the ground truth's alpha exceeds a
 threshold (the object; predictions of the diffusion model carry no alpha). Foreground MSE averages the
 squared error over those pixels and the three channels; foreground PSNR is ``-10 log10`` of it; foreground
-SSIM averages torchmetrics' per-pixel SSIM map over them. An image with no foreground pixel gives NaN in
+SSIM averages torchmetrics' per-pixel SSIM map over them (SSIM always leaves out the 5-pixel border where
+the window would reach outside the image, as scikit-image). An image with no foreground pixel gives NaN in
 the foreground metrics (skipped by the averages), never an error.
 
 PSNR is capped at ``PSNR_CAP_DB`` (an MSE of 1e-10): identical images would otherwise give inf, which JSON
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 
 PSNR_CAP_DB = 100.0
+SSIM_BORDER = 5
+"""Half the 11-pixel Gaussian window: SSIM map pixels closer to the edge see padding."""
 IMAGE_METRICS = ("psnr", "ssim", "mse", "psnr_fg", "ssim_fg", "mse_fg")
 
 
@@ -70,16 +73,24 @@ def psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-image SSIM (N,) (torchmetrics); with a mask, the SSIM map averaged over the masked pixels."""
+    """Per-image SSIM (N,): torchmetrics' SSIM map averaged over the pixels whose whole window lies inside
+    the image (as scikit-image and Wang et al.; torchmetrics' own mean also counts the reflect-padded
+    border); with a mask, over the masked ones of those pixels."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     _check_pair(pred, gt)
-    if mask is None:
-        return structural_similarity_index_measure(pred.float(), gt.float(), data_range=1.0, reduction="none")
+    if min(pred.shape[-2:]) <= 2 * SSIM_BORDER:
+        raise ValueError(
+            f"SSIM needs images larger than {2 * SSIM_BORDER} pixels, got {tuple(pred.shape[-2:])}"
+        )
     _, full = structural_similarity_index_measure(
         pred.float(), gt.float(), data_range=1.0, reduction="none", return_full_image=True
     )
-    m = mask.to(full.dtype).expand_as(full)
+    b = SSIM_BORDER
+    full = full[..., b:-b, b:-b]
+    if mask is None:
+        return full.mean(dim=(1, 2, 3))
+    m = mask[..., b:-b, b:-b].to(full.dtype).expand_as(full)
     return (full * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3))
 
 
