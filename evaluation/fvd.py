@@ -37,6 +37,7 @@ distance (the usual generative-model FVD).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -151,14 +152,16 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> float:
     """Tr((S1 S2)^(1/2)); 0 when either is zero (the square root of the zero matrix)."""
-    from scipy.linalg import sqrtm
+    from scipy.linalg import LinAlgWarning, sqrtm
 
     if not sigma1.any() or not sigma2.any():
         return 0.0
-    covmean = sqrtm(sigma1 @ sigma2)
-    if not np.all(np.isfinite(covmean)):
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    with warnings.catch_warnings():  # a singular product is expected (N < D); non-finite output is handled
+        warnings.simplefilter("ignore", LinAlgWarning)
+        covmean = sqrtm(sigma1 @ sigma2)
+        if not np.all(np.isfinite(covmean)):
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = sqrtm((sigma1 + offset) @ (sigma2 + offset))
     return float(np.real(np.trace(covmean)))
 
 

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,9 @@ def load_i3d(path: str, device: str | torch.device = "cpu") -> torch.jit.ScriptM
     """The TorchScript I3D (``i3d_torchscript.pt``)."""
     p = _existing(path, "i3d_path", "TorchScript I3D (i3d_torchscript.pt of the StyleGAN-V FVD)")
     try:
-        return torch.jit.load(str(p), map_location=device).eval()
+        with warnings.catch_warnings():  # the published I3D is TorchScript, deprecated or not
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(p), map_location=device).eval()
     except Exception as exc:  # torch.jit raises RuntimeError and others for a foreign file
         raise WeightsError(f"{p}: not a TorchScript I3D ({exc}); set evaluation.i3d_path") from exc
 
@@ -308,7 +311,9 @@ def make_tiny_networks(
         cfg_file.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2))
         open_clip.add_model_config(cfg_file)
         torch.save(open_clip.create_model(TINY_CLIP_NAME, pretrained=None).state_dict(), tmp / "clip.pt")
-        torch.jit.script(TinyI3D().eval()).save(str(tmp / "i3d_torchscript.pt"))
+        with warnings.catch_warnings():  # TorchScript, like the real I3D file
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.script(TinyI3D().eval()).save(str(tmp / "i3d_torchscript.pt"))
         (tmp / "COMPLETE").write_text(json.dumps({"seed": seed, "lpips_nets": sorted(lpips_nets)}))
         tmp.chmod(0o755)  # mkdtemp makes it private
         if directory.exists():

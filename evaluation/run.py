@@ -324,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="a system to evaluate (repeatable; replaces evaluation.systems); relative DIR is under out_dir",
+        help="a system to evaluate (repeatable; replaces evaluation.systems and turns evaluation.stand_in "
+        "off); relative DIR is under out_dir",
     )
     parser.add_argument("--force", action="store_true", help="recompute objects whose results exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -334,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = profile_from_args(args)
         if args.predictions:
             cfg.evaluation.systems = parse_predictions(args.predictions)
+            cfg.evaluation.stand_in = (
+                False  # a folder named on the command line must exist: no silent stand-in
+            )
         summary = run(cfg, force=args.force, progress=not args.no_progress)
     except (ConfigError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

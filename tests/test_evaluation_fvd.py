@@ -22,7 +22,20 @@ def take(matrix: np.ndarray, order: fvd.Order) -> list[int]:
 def test_zigzag_order_on_labelled_matrix() -> None:
     m = labelled(3, 4)
     assert take(m, fvd.zigzag_order(3, 4)) == [0, 1, 2, 3, 103, 102, 101, 100, 200, 201, 202, 203]
-    assert take(m, fvd.zigzag_order(3, 4, rows="frame")) == [0, 100, 200, 201, 101, 1, 2, 102, 202, 203, 103, 3]
+    assert take(m, fvd.zigzag_order(3, 4, rows="frame")) == [
+        0,
+        100,
+        200,
+        201,
+        101,
+        1,
+        2,
+        102,
+        202,
+        203,
+        103,
+        3,
+    ]
 
 
 @pytest.mark.parametrize("shape", [(8, 21), (21, 8), (5, 5), (1, 7), (4, 1)])

@@ -46,7 +46,13 @@ def test_ssim_matches_scikit_image() -> None:
     )
     ref = [
         structural_similarity(
-            p, g, data_range=1.0, channel_axis=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+            p,
+            g,
+            data_range=1.0,
+            channel_axis=2,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
         )
         for p, g in zip(pred, gt)
     ]
