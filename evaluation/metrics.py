@@ -29,7 +29,8 @@ IMAGE_METRICS = ("psnr", "ssim", "mse", "psnr_fg", "ssim_fg", "mse_fg")
 def composite_on_white(images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (..., H, W, C), C = 3 (RGB) or 4 (straight-alpha RGBA) -> RGB (..., 3, H, W) in [0, 1] over
     white, and alpha (..., 1, H, W) (ones for RGB)."""
-    x = torch.as_tensor(np.asarray(images))
+    # a tensor stays where it is (np.asarray would fail on a CUDA tensor); arrays become CPU tensors
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     if x.dtype != torch.uint8 or x.ndim < 3 or x.shape[-1] not in (3, 4):
         raise ValueError(
             f"expected uint8 RGB or RGBA images (..., H, W, 3|4), got {x.dtype} {tuple(x.shape)}"

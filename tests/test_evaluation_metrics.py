@@ -93,6 +93,8 @@ def test_composite_on_white() -> None:
     assert rgb[:, 0, 0].tolist() == [1.0, 0.0, 0.0]
     assert rgb[:, 0, 1].tolist() == [1.0, 1.0, 1.0]
     assert rgb[:, 1, 0].tolist() == pytest.approx([0.8] * 3)
+    rgb_t, _ = metrics.composite_on_white(torch.from_numpy(rgba))  # tensors too (on any device)
+    assert torch.equal(rgb_t, rgb)
     rgb3, alpha3 = metrics.composite_on_white(rgba[..., :3])
     assert alpha3.min().item() == 1.0 and rgb3[:, 0, 1].tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="uint8 RGB or RGBA"):
