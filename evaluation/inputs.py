@@ -55,6 +55,8 @@ class GroundTruth:
     views: list[int]
     frames: list[int]
     orbit: str
+    source: str = ""
+    """The shard it was read from."""
 
 
 @dataclass
@@ -107,7 +109,9 @@ def iter_ground_truth(
                     v_idx = _select(views, stack.shape[0], "evaluation.views")
                     f_idx = _select(frames, stack.shape[1], "evaluation.frames")
                     rgba = np.ascontiguousarray(stack[np.ix_(v_idx, f_idx)])
-                    yield GroundTruth(uid=uid, rgba=rgba, views=v_idx, frames=f_idx, orbit=orbit)
+                    yield GroundTruth(
+                        uid=uid, rgba=rgba, views=v_idx, frames=f_idx, orbit=orbit, source=str(shard)
+                    )
                 except SchemaError as exc:
                     yield Failure(uid=uid, reason=f"ground truth: {exc}", source=str(shard))
         except SchemaError as exc:

@@ -147,18 +147,37 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(fh, **arrays)
 
 
+def input_stamp(gt: GroundTruth, system: System) -> str:
+    """Size and mtime of the ground-truth shard and of the object's prediction files: a stored result is
+    stale once either changes (a re-rendered shard, re-sampled views)."""
+    items: list[Any] = []
+    for path in [
+        Path(gt.source),
+        *([] if system.stand_in else sorted((system.folder / gt.uid).glob("v*.f*.png"))),
+    ]:
+        try:
+            st = path.stat()
+            items.append((path.name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            items.append((path.name, None))
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
 def _load_cached(json_path: Path, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """A stored successful result with this key, and its I3D features; failures are always retried."""
     try:
         record = json.loads(json_path.read_text())
-        if record.get("settings_key") != key:
+        if record.get("settings_key") != key or record.get("status") != "ok":
             return None
         feats: dict[str, np.ndarray] = {}
         npz = json_path.with_suffix(".npz")
-        if record.get("status") == "ok" and npz.is_file():
+        if npz.is_file():
             with np.load(npz) as data:
                 feats = {k: data[k] for k in data.files}
+        elif "fvd_f" in record.get("metrics", {}):
+            return None
         return record, feats
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):
         return None
 
 
@@ -242,12 +261,13 @@ def run(cfg: PipelineConfig, force: bool = False, progress: bool = True) -> dict
         prep: PreparedGroundTruth | None = None
         for s in systems:
             path = eval_dir / s.slug / f"{obj.uid}.json"
-            cached = None if force else _load_cached(path, keys[s.slug])
+            key = f"{keys[s.slug]}-{input_stamp(obj, s)}"
+            cached = None if force else _load_cached(path, key)
             if cached is None:
                 if prep is None:
                     prep = prepare_ground_truth(obj.rgba, nets, settings)
                 record, arrays = evaluate_system_object(obj, prep, s, nets, ecfg, settings)
-                record["settings_key"] = keys[s.slug]
+                record["settings_key"] = key
                 if arrays:
                     _write_atomic(path.with_suffix(".npz"), lambda p, a=arrays: _save_npz(p, a))
                 _write_json(path, record)

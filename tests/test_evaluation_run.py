@@ -123,15 +123,26 @@ def test_run_end_to_end(workspace: Path) -> None:
     assert "RANDOM" in table and "exact: 2/1" in table
     assert json.loads((ev / "summary.json").read_text())["random_weights"] is True
 
-    # resumable: a second run reads every stored object back instead of recomputing it
-    before = {p: p.stat().st_mtime_ns for p in ev.glob("*/obj-*.json")}
+    # resumable: a second run reads every stored result back instead of recomputing it (failures aside)
+    def stored() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in ev.glob("*/obj-*.json") if p.parent.name != "broken"}
+
+    before = stored()
     again = runner.run(config(workspace), progress=False)
-    assert {p: p.stat().st_mtime_ns for p in ev.glob("*/obj-*.json")} == before
+    assert stored() == before
     assert again["table"] == summary["table"]
+    # new prediction files are not served from the stored results either; failures are always retried
+    before = {p: p.stat().st_mtime_ns for p in ev.glob("*/obj-*.json")}
+    noisy_a = workspace / "predictions" / "noisy" / "obj-a" / "v00.f00.png"
+    noisy_a.write_bytes(noisy_a.read_bytes())
+    runner.run(config(workspace), progress=False)
+    after = {p: p.stat().st_mtime_ns for p in ev.glob("*/obj-*.json")}
+    changed = sorted(f"{p.parent.name}/{p.stem}" for p in after if after[p] != before[p])
+    assert changed == ["broken/obj-a", "broken/obj-c", "noisy/obj-a"]
     # a changed setting is not served from the stored results
     foreground = runner.run(config(workspace, "evaluation.region=foreground", "evaluation.fvd_protocol=set"))
     assert {p: p.stat().st_mtime_ns for p in ev.glob("exact/obj-*.json")} != {
-        p: t for p, t in before.items() if p.parent.name == "exact"
+        p: t for p, t in after.items() if p.parent.name == "exact"
     }
     assert foreground["table"] != summary["table"]
 
