@@ -126,7 +126,8 @@ def settings_key(ecfg: EvaluationConfig, system: System) -> str:
     keep = {
         k: v
         for k, v in dataclasses.asdict(ecfg).items()
-        if k not in ("systems", "device", "batch_size", "out_subdir")
+        # what only the table or the speed depends on does not invalidate stored results
+        if k not in ("systems", "device", "batch_size", "out_subdir", "region", "table_lpips", "fvd_protocol")
     }
     keep["system"] = {"folder": str(system.folder), "stand_in": system.stand_in}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]

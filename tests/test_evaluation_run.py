@@ -139,12 +139,15 @@ def test_run_end_to_end(workspace: Path) -> None:
     after = {p: p.stat().st_mtime_ns for p in ev.glob("*/obj-*.json")}
     changed = sorted(f"{p.parent.name}/{p.stem}" for p in after if after[p] != before[p])
     assert changed == ["broken/obj-a", "broken/obj-c", "noisy/obj-a"]
-    # a changed setting is not served from the stored results
+    # a table-only setting reuses the stored results, a changed metric setting does not
     foreground = runner.run(config(workspace, "evaluation.region=foreground", "evaluation.fvd_protocol=set"))
+    assert stored() == {p: t for p, t in after.items() if p.parent.name != "broken"}
+    assert foreground["table"] != summary["table"]
+    assert foreground["table"].count("| exact | 0.000 | 1.000 | 100.00 | 1.000 | 0.0000 | 0.00 | 0.00 |") == 1
+    runner.run(config(workspace, "evaluation.alpha_threshold=0.25"), progress=False)
     assert {p: p.stat().st_mtime_ns for p in ev.glob("exact/obj-*.json")} != {
         p: t for p, t in after.items() if p.parent.name == "exact"
     }
-    assert foreground["table"] != summary["table"]
 
 
 def test_views_and_frames_select_the_held_out_images(workspace: Path) -> None:
