@@ -154,13 +154,13 @@ def test_views_and_frames_select_the_held_out_images(workspace: Path) -> None:
     shard = workspace / "renders" / "shard-000000.tar"
     objs = list(iter_ground_truth([shard], "dynamic", views=[2, 0], frames=[3, 1]))
     good = [o for o in objs if not hasattr(o, "reason")]
-    assert [o.uid for o in good] == ["obj-a", "obj-c"]
+    assert [o.uid for o in good] == ["obj-a", "obj-b", "obj-c"]  # obj-b's broken image is not held out here
     full = render_sample("obj-a", 0).images["dynamic"]
     assert np.array_equal(good[0].rgba[0, 1], full[2, 1]) and np.array_equal(good[0].rgba[1, 0], full[0, 3])
     bad = list(iter_ground_truth([shard], "static", views=[5]))
-    reasons = {o.uid: o.reason for o in bad}
-    assert "out of range" in reasons["obj-a"] and "out of range" in reasons["obj-c"]
-    assert "static.v01.f02.png" in reasons["obj-b"]
+    assert [o.reason for o in bad] == ["ground truth: evaluation.views [5] out of range: the orbit has 3"] * 3
+    bad = list(iter_ground_truth([shard], "static", views=[1], frames=[2]))
+    assert [o.uid for o in bad if hasattr(o, "reason")] == ["obj-b"] and "static.v01.f02.png" in bad[1].reason
 
 
 def test_prediction_layout_reader(tmp_path: Path) -> None:
