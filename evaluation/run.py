@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Writes JSON per object and in total and a Markdown table under <out_dir>/evaluation/."
         ),
         epilog="Example: python -m evaluation.run --profile sv4d2 "
-        "--predictions 'SV4D 2.0=predictions/sample' --set evaluation.views='[1,2,3,4,5,6,7,8]'",
+        "--predictions 'SV4D 2.0=predictions/sample' --set evaluation.region=foreground",
     )
     add_profile_args(parser)
     parser.add_argument(
