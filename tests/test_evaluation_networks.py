@@ -114,6 +114,7 @@ def _object(views: int, frames: int, res: int, seed: int) -> np.ndarray:
     return rgba
 
 
+@pytest.mark.slow
 def test_evaluate_object_known_answers_on_short_clips(nets: N.Networks) -> None:
     # 3 views x 4 frames: every FVD video is shorter than I3D's 9 frames and must be stretched
     gt = _object(3, 4, 48, 0)
