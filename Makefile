@@ -31,7 +31,8 @@ demo: $(STAMP)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD) --set render.mode=static
 	$(PY) -m model.train --profile $(PROFILE)
 	$(PY) -m model.sample outputs/$(PROFILE)/renders/shard-$(SHARD6).tar --profile $(PROFILE)
-	@echo "demo done: outputs/$(PROFILE)/{renders,latents,contact_sheets,report,checkpoints}"
+	$(PY) -m evaluation.run --profile $(PROFILE) --no-progress
+	@echo "demo done: outputs/$(PROFILE)/{renders,latents,contact_sheets,report,checkpoints,evaluation}"
 
 render: $(STAMP)
 	$(PY) -m curation.render --profile $(PROFILE) --shard $(SHARD)

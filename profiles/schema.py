@@ -456,6 +456,95 @@ class SampleConfig:
 
 
 @dataclass
+class EvalSystemConfig:
+    """One evaluated system: a row of the table and the folder of its predictions."""
+
+    name: str = ""
+    """Row label in the Markdown table, e.g. "SV4D 2.0 (4D fit)"."""
+    predictions: str = ""
+    """Folder in the prediction layout `<predictions>/<uid>/v{VV}.f{FF}.png` (evaluation/inputs.py);
+    relative paths are under out_dir."""
+
+    def validate(self) -> None:
+        if not self.name or not self.predictions:
+            raise ValueError("every evaluation.systems entry needs a name and a predictions folder")
+
+
+@dataclass
+class EvaluationConfig:
+    """`python -m evaluation.run`: the paper's metrics of predicted views x frames against render shards."""
+
+    ground_truth: list[str] = field(default_factory=lambda: ["renders/shard-*.tar"])
+    """Render shards holding the ground truth (globs; relative ones under out_dir)."""
+    orbit: Literal["static", "dynamic"] = "static"
+    """Orbit of the render samples whose images are the ground truth (and the predictions' cameras)."""
+    views: list[int] = field(default_factory=list)
+    """Held-out view indices of that orbit (empty: all). The paper evaluates 8 views x 21 frames."""
+    frames: list[int] = field(default_factory=list)
+    """Held-out frame indices (empty: all)."""
+    systems: list[EvalSystemConfig] = field(default_factory=list)
+    """The rows of the table; `--predictions NAME=DIR` on the command line replaces them."""
+    stand_in: bool = False
+    """A system whose folder does not exist is evaluated on the ground truth plus noise instead, labelled as
+    a stand-in (the demo, before sampled views and 4D fits exist). False: such a system is an error."""
+    stand_in_noise: float = 0.05
+    """Standard deviation (of [0, 1] pixel values) of the stand-in's Gaussian noise."""
+    region: Literal["whole", "foreground"] = "whole"
+    """Which PSNR/SSIM/MSE the table shows (whole image, or ground-truth alpha > alpha_threshold); the JSON
+    holds both."""
+    alpha_threshold: float = 0.5
+    """Ground-truth alpha above which a pixel is foreground."""
+    lpips_nets: list[Literal["vgg", "alex"]] = field(default_factory=lambda: ["vgg", "alex"])
+    """LPIPS backbones to compute (the SV4D papers report VGG)."""
+    table_lpips: Literal["vgg", "alex"] = "vgg"
+    """The backbone of the table's LPIPS column."""
+    lpips_vgg_path: str = ""
+    """torchvision VGG16 checkpoint (vgg16-397923af.pth) for LPIPS; empty: LPIPS-VGG is skipped."""
+    lpips_alex_path: str = ""
+    """torchvision AlexNet checkpoint (alexnet-owt-7be5be79.pth) for LPIPS; empty: skipped."""
+    clip_model: str = "ViT-B-32"
+    """open_clip architecture of CLIP-S (ViT-B/32, as the Consistent4D protocol)."""
+    clip_pretrained: str = ""
+    """open_clip checkpoint file of clip_model (OpenAI ViT-B/32 weights); empty: CLIP-S is skipped."""
+    clip_model_config: str = ""
+    """Optional open_clip model-config json for an architecture open_clip does not ship."""
+    i3d_path: str = ""
+    """TorchScript I3D (i3d_torchscript.pt of the StyleGAN-V FVD); empty: every FVD is skipped."""
+    fvd_min_frames: int = 16
+    """Shorter FVD videos are stretched to this length (the standard 16-frame clip; I3D needs >= 9)."""
+    fvd_short_clip: Literal["resample", "pad"] = "resample"
+    """How: nearest-index resampling, or repeating the last frame."""
+    fvd_protocol: Literal["per_video", "set"] = "per_video"
+    """FVD of the table: per_video (each clip against its own ground truth, averaged) or set (all clips of
+    all objects as two sets). The JSON holds both."""
+    diagonal: Literal["wrap", "main"] = "wrap"
+    """FVD-Diag video: (i mod V, i mod F) for i < max(V, F), or (i, i) for i < min(V, F)."""
+    zigzag_rows: Literal["view", "frame"] = "view"
+    """FV4D zig-zag: rows are views (frames run forward, then backward) or frames."""
+    tiny: bool = False
+    """Use tiny random networks saved under <out_dir>/evaluation/tiny_networks (demo, tests); the table
+    then says that LPIPS, CLIP-S and FVD come from random weights."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 16
+    """Images per network call."""
+    out_subdir: str = "evaluation"
+    """Outputs under <out_dir>/<out_subdir>: <system>/<uid>.json, total.json, table.md."""
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.fvd_min_frames < 1:
+            raise ValueError("evaluation.batch_size and evaluation.fvd_min_frames must be >= 1")
+        if not 0.0 <= self.alpha_threshold < 1.0:
+            raise ValueError(f"evaluation.alpha_threshold must lie in [0, 1), got {self.alpha_threshold}")
+        if self.stand_in_noise < 0:
+            raise ValueError("evaluation.stand_in_noise must be >= 0")
+        if any(i < 0 for i in [*self.views, *self.frames]):
+            raise ValueError("evaluation.views and evaluation.frames are indices (>= 0)")
+        names = [s.name for s in self.systems]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluation.systems has duplicate names {names}")
+
+
+@dataclass
 class PipelineConfig:
     """One profile of `pipelines.yaml`."""
 
@@ -472,3 +561,5 @@ class PipelineConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Novel-view video synthesis."""
     fit4d: dict = field(default_factory=dict)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """`python -m evaluation.run` (schema owned by `evaluation/`)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("blender_scripts", "curation", "shards", "model", "fit4d", "profiles")
+PACKAGES = ("blender_scripts", "curation", "shards", "model", "fit4d", "evaluation", "profiles")
 LINT = Path(sys.executable).with_name("lint-imports")
 
 
@@ -46,6 +46,7 @@ def broken_tree(tmp_path_factory) -> subprocess.CompletedProcess:
         "blender_scripts/_bad.py": "import shards.layout\n",
         "model/_bad.py": "import curation.render\n",
         "fit4d/_bad.py": "import curation.render\n",
+        "evaluation/_bad.py": "import curation.render\n",
         "curation/_cycle_a.py": "import curation._cycle_b\n",
         "curation/_cycle_b.py": "import curation._cycle_a\n",
     }
@@ -62,6 +63,7 @@ def broken_tree(tmp_path_factory) -> subprocess.CompletedProcess:
         "blender_scripts/ (runs inside Blender) imports nothing of ours but profiles/",
         "model/ never imports curation/ or blender_scripts/",
         "fit4d/ may import model/, shards/, profiles/ only",
+        "evaluation/ may import model/, shards/, profiles/, fit4d/ only",
         "no cycles between packages: each layer imports only the layers below it",
         "no cycles between the modules of a package",
     ],
