@@ -116,3 +116,15 @@ def sample_latents(
         guidance=guidance,
         noise=noise,
     )
+
+
+def sample_options(cfg) -> dict:
+    """:func:`sample_latents` keyword arguments of a ``sample`` config section (profiles.schema.SampleConfig)."""
+    return dict(
+        num_steps=cfg.num_steps,
+        guidance=cfg.guidance,
+        cfg_lo=cfg.cfg_min,
+        cfg_hi=cfg.cfg_max,
+        cond_aug=cfg.cond_aug,
+        autocast_dtype=autocast_dtype(cfg.dtype),
+    )

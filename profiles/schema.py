@@ -237,6 +237,35 @@ class ModelSection:
     """Autocast dtype on CUDA (weights and optimizer stay float32). CPU runs float32 unless cpu_autocast."""
     cpu_autocast: bool = False
     """Use bf16 autocast on the CPU too (slow; only to test the bf16 path)."""
+    camera_attention: Literal["auto", "paper", "snapshot", "views"] = "auto"
+    """Token layout of the camera ("3D") attention (model/config.py). paper: all V*H*W tokens of a frame (eq.
+    2); snapshot / views: the released sv4d2 / sv4d2_8views code. auto: the release's mode for an official
+    sv4d2 init_checkpoint (views if its name has "8views"), the saved one for our checkpoints, else paper."""
+
+
+@dataclass
+class SampleConfig:
+    """Novel-view sampling (model/sample.py), as the release samples."""
+
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    """Autocast dtype of the network while sampling: float16 as the release; float32 runs without autocast."""
+    num_steps: int = 50
+    """Euler EDM steps (sigma 700 -> 0.002, rho 7)."""
+    guidance: Literal["linear", "spatiotemporal"] = "linear"
+    """CFG schedule over the (frame, view) latents: linear (4-view release, 1 -> 2) or spatiotemporal (8-view
+    release, 1.5 -> 2.5, highest at the middle views and the last frames)."""
+    cfg_min: float = 1.0
+    cfg_max: float = 2.0
+    cond_aug: float = 1.0e-5
+    """Noise sigma added to the conditioning latents (and embedded in the conditioning vector)."""
+
+    def validate(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"sample.num_steps must be at least 1, got {self.num_steps}")
+        if not 0 < self.cfg_min <= self.cfg_max:
+            raise ValueError(f"sample needs 0 < cfg_min <= cfg_max, got {self.cfg_min}, {self.cfg_max}")
+        if self.cond_aug < 0:
+            raise ValueError(f"sample.cond_aug must be >= 0, got {self.cond_aug}")
 
 
 @dataclass
@@ -372,6 +401,8 @@ class PipelineConfig:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     model: ModelSection = field(default_factory=ModelSection)
     """The diffusion network (schema owned by `model/`)."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Novel-view sampling with the trained network (model/sample.py)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The EDM trainer and its 3D-to-4D schedule."""
     fit4d: dict = field(default_factory=dict)

@@ -269,26 +269,43 @@ def test_embeddings_known_values():
     torch.testing.assert_close(azim, torch.tensor([0.0, 2 * math.pi - 0.5]))
 
 
-def test_flop_count_attention_split_and_official_anchor():
+@pytest.mark.parametrize("mode", ["paper", "snapshot", "views"])
+def test_flop_count_attention_split_follows_the_camera_mode(mode):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model.flops import _meta_inputs, attention_core_flops, count_flops
+    from model.flops import _meta_inputs, attention_core_flops
 
+    cfg = TINY.replace(camera_attention=mode)
     with torch.device("meta"):
-        model = SV4D2UNet(TINY)
+        model = SV4D2UNet(cfg)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(**_meta_inputs(TINY, 2, 3, 4, 8, 8, False))
-    core = attention_core_flops(TINY, 2, 3, 4, 8, 8)
+        model(**_meta_inputs(cfg, 2, 3, 4, 8, 8, False))
+    core = attention_core_flops(cfg, 2, 3, 4, 8, 8)
     # On the meta device SDPA runs as two bmm per attention: the analytic cores must account for all of them
     # (the one-key cross-attentions run no attention core).
     bmm = fc.get_flop_counts()["Global"][torch.ops.aten.bmm]
     assert bmm == core["spatial"] + core["3d"] + core["frame"]
+    # The camera cores: B*F sequences of V*HW tokens (paper) or B*F*HW sequences of V tokens.
+    hw_tokens = [64, 64, 64, 16, 16, 16, 16]  # tiny: 2 + 3 transformers at 8x8 (level 0), 2 at 4x4 (level 1)
+    chans = [32, 32, 32, 64, 64, 64, 64]
+    seq = [(6, 4 * hw) if mode == "paper" else (6 * hw, 4) for hw in hw_tokens]
+    assert core["3d"] == sum(4.0 * s * n * n * c for (s, n), c in zip(seq, chans, strict=True))
+
+
+def test_flop_count_official_anchor_in_every_mode():
+    from model.flops import count_flops
+
     # Full size, one guidance-batched window (96 latents at 72x72): ~206 TFLOP with the snapshot's grouping.
-    rep = count_flops("sv4d2", batch=2, frames=12, views=4, latent_hw=(72, 72))
-    assert abs(rep.snapshot_equivalent / 206e12 - 1) < 0.03
-    assert rep.forward == pytest.approx(
-        rep.snapshot_equivalent + rep.attention_3d - rep.cross_skipped, rel=1e-3
-    )
+    reps = {m: count_flops("sv4d2", 2, 12, 4, (72, 72), camera_attention=m) for m in ("paper", "snapshot")}
+    snap, paper = reps["snapshot"], reps["paper"]
+    assert abs(snap.snapshot_equivalent / 206e12 - 1) < 0.03
+    assert snap.snapshot_equivalent == snap.forward + snap.cross_skipped
+    assert paper.snapshot_equivalent == snap.snapshot_equivalent
+    assert paper.camera_attention == "paper" and paper.forward > snap.forward + 0.9 * paper.attention_3d
+    # The "attention" checkpoint policy keeps the long attentions: the paper camera attention (V*HW keys)
+    # and the spatial ones at 72x72 / 36x36 / 18x18, never the snapshot's V-key camera attention.
+    assert paper.attention_saved == pytest.approx(paper.attention_spatial + paper.attention_3d, rel=1e-3)
+    assert snap.attention_saved == pytest.approx(snap.attention_spatial, rel=1e-3)
 
 
 @pytest.mark.parametrize("block_cls", ["BasicTransformerBlock", "TimeMixBlock"])
