@@ -383,10 +383,11 @@ def camera_sequences(
 
     - ``paper``: S = B*F sequences of L = V*HW tokens (every token of a frame), the frame's CLIP.
     - ``views``: S = B*F*HW sequences of the L = V views at one (frame, pixel), the frame's CLIP.
-    - ``snapshot``: the release's grouping. Rows (b, view, pixel) x frame, cut into groups of V consecutive rows
-      (g = (view * HW + pixel) // V within the batch element); sequence j = (b*HW + g)*F + s holds the V rows
-      of group g at frame s, and its CLIP is row j of the (b, frame, pixel)-ordered repetition of the CLIP
-      tokens, i.e. frame floor((g*F + s) / HW), not frame s.
+    - ``snapshot``: the release's grouping. Rows (b, view, pixel) x frame, cut into groups of V consecutive
+      rows (g = (view * HW + pixel) // V within the batch element; a group straddles two views where HW is
+      not a multiple of V, as in the release); sequence j = (b*HW + g)*F + s holds the V rows of group g at
+      frame s, and its CLIP is row j of the (b, frame, pixel)-ordered repetition of the CLIP tokens, i.e.
+      frame floor((g*F + s) / HW), not frame s.
 
     Example (snapshot, B = 1, F = 2, V = 2, HW = 2): groups g = 0 (view 0, pixels 0-1), g = 1 (view 1);
     sequences j = 0..3 are (g, s) = (0, 0), (0, 1), (1, 0), (1, 1) with CLIP frames 0, 0, 1, 1.

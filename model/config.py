@@ -17,9 +17,8 @@ Two named configs:
   ``use_3d_attention: True``). Tokens are laid out (batch, view, pixel) x frame and cut into sequences of V
   consecutive rows: V horizontally adjacent pixels of one view at one frame. The CLIP context of sequence
   j = g*F + s (g: group within the batch element, s: frame) is that of frame floor(j / (H*W)), not frame s.
-  Needs H*W divisible by V.
-- ``views``: the released ``sv4d2_8views.safetensors`` code (``use_3d_attention: False``): attention over the V
-  views at each (frame, pixel), with that frame's CLIP token.
+- ``views``: the released ``sv4d2_8views.safetensors`` code (``use_3d_attention: False``): attention over
+  the V views at each (frame, pixel), with that frame's CLIP token.
 
 All three modes have the same parameters, so a checkpoint loads into any of them.
 

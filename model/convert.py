@@ -326,8 +326,9 @@ def load_unet_from_official(
     source: ``sv4d2``, ``sv3d_p`` or None (detected from the keys). dtype: cast every tensor (None keeps the
     file's dtype). camera_attention: the network's camera-attention mode; None (or ``auto``) picks the
     release's (:func:`default_camera_attention`: ``snapshot`` for sv4d2, ``views`` for sv4d2_8views); the
-    returned network's config and the report carry it. Every sv4d2 UNet key must be consumed and every parameter provided (sv3d_p: all but the
-    frame-attention layers, which are initialised new); otherwise ValueError. The model is built on the meta
+    returned network's config and the report carry it. Every sv4d2 UNet key must be consumed and every
+    parameter provided (sv3d_p: all but the frame-attention layers, which are initialised new); otherwise
+    ValueError. The model is built on the meta
     device and the loaded tensors are assigned, so peak memory is about one copy of the UNet.
     """
     from safetensors import safe_open
@@ -465,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         for group, sd in split_encoder_weights(ckpt, dtype=dtype).items():
             if sd:
                 save_file({k: v.contiguous() for k, v in sd.items()}, str(out / f"{group}.safetensors"))
-    log.info("wrote %s (camera attention: %s, %s)", out, report.camera_attention, report.camera_attention_reason)
+    log.info(
+        "wrote %s (camera attention: %s, %s)", out, report.camera_attention, report.camera_attention_reason
+    )
     return 0
 
 

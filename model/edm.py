@@ -159,8 +159,9 @@ def spatiotemporal_cfg_scale(
     num_frames: int, num_views: int, lo: float = 1.5, hi: float = 2.5
 ) -> torch.Tensor:
     """(F, V) guidance scales of the 8-view release (`SpatiotemporalPredictionGuider`):
-    ``lo + (hi - lo) * (0.5 * t + 0.5 * tri(u))`` with t = linspace(0, 1, F) over frames, u = linspace(0, 1, V)
-    over views and the triangle wave tri(u) = 2 |u - round(u)|, which peaks at the middle views.
+    ``lo + (hi - lo) * (0.5 * t + 0.5 * tri(u))`` with t = linspace(0, 1, F) over frames,
+    u = linspace(0, 1, V) over views and the triangle wave tri(u) = 2 |u - round(u)|, which peaks at the
+    middle views.
 
     Example (F = 5, V = 8, 1.5 -> 2.5): frame 0 is [1.5, 1.643, 1.786, 1.929, 1.929, 1.786, 1.643, 1.5] and
     every later frame adds 0.125.

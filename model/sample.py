@@ -2,9 +2,9 @@
 
 As the release (scripts/demo/sv4d_helpers.py at 0ad7de9): the conditional branch sees the noise-augmented
 conditioning latents, the CLIP embeddings, the reference views and the conditioning-sigma embedding; the
-unconditional branch zeroes all four (`model.edm.drop_conditions`) and keeps the cameras. The cameras of frame 0
-serve every frame. The network runs under fp16 autocast by default (the release casts the UNet to half and
-samples under ``torch.autocast``); ``dtype`` in :data:`SAMPLE_DTYPES` picks another.
+unconditional branch zeroes all four (`model.edm.drop_conditions`) and keeps the cameras. The cameras of
+frame 0 serve every frame. The network runs under fp16 autocast by default (the release casts the UNet to
+half and samples under ``torch.autocast``); ``dtype`` in :data:`SAMPLE_DTYPES` picks another.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def sample_latents(
 
 
 def sample_options(cfg) -> dict:
-    """:func:`sample_latents` keyword arguments of a ``sample`` config section (profiles.schema.SampleConfig)."""
+    """:func:`sample_latents` keyword arguments of a ``sample`` config section (``SampleConfig``)."""
     return dict(
         num_steps=cfg.num_steps,
         guidance=cfg.guidance,

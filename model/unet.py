@@ -10,9 +10,9 @@ and ``time_mixer``; in transformers ``time_mix_blocks`` (3D block), ``motion_blo
 ``time_mix_time_embed`` (camera MLP), ``time_mix_motion_embed`` (frame-index MLP), ``time_mixer`` and
 ``time_mixer_motion``), so ``state_dict()`` keys equal the official keys without ``model.diffusion_model.``.
 
-``config.camera_attention`` selects the camera block's token layout (``paper`` for our models; ``snapshot`` and
-``views`` reproduce the released sv4d2 / sv4d2_8views code, see model/config.py); the golden outputs of the
-release (``../shared/reference/golden``) are matched in all three (tests/test_golden_equivalence.py).
+``config.camera_attention`` selects the camera block's token layout (``paper`` for our models; ``snapshot``
+and ``views`` reproduce the released sv4d2 / sv4d2_8views code, see model/config.py); the golden outputs of
+the release (``../shared/reference/golden``) are matched in all three (tests/test_golden_equivalence.py).
 """
 
 from __future__ import annotations

@@ -174,7 +174,9 @@ def test_sampler_zeroes_the_conditioning_in_the_unconditional_branch():
             return torch.zeros_like(x)
 
     cond, clip = torch.randn(1, 3, 4, 8, 8), torch.randn(1, 3, 16)
-    polar = torch.full((1, 3, 2), math.pi / 2) + torch.arange(3.0)[None, :, None]  # (B, F, V): frame 0 is used
+    polar = (
+        torch.full((1, 3, 2), math.pi / 2) + torch.arange(3.0)[None, :, None]
+    )  # (B, F, V): frame 0 is used
     azim = torch.tensor([[1.0, 2.0]])[:, None].expand(1, 3, 2) + torch.arange(3.0)[None, :, None]
     out = sample_latents(
         Recorder(),
