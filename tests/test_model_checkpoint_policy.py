@@ -112,7 +112,7 @@ def test_attention_policy_follows_the_camera_mode(mode):
     """In the released layouts the camera attention has V keys: the "attention" policy recomputes it and
     keeps only the long spatial self-attentions (16x16 = 256 keys here); same outputs and gradients."""
     net = random_model(camera_attention=mode).train()
-    kw = inputs(1, 2, 4, 16)
+    kw = inputs(1, 1, 4, 16)
     o_full, g_full, _ = run(net, kw, "full")
     net.checkpoint_policy = "attention"
     net.zero_grad(set_to_none=True)
