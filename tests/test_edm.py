@@ -210,3 +210,13 @@ def test_sample_options_follow_the_config():
     assert autocast_dtype("float16") is torch.float16
     with pytest.raises(ValueError, match="sample dtype"):
         autocast_dtype("float8")
+    from profiles import load_profile
+    from profiles.loader import ConfigError
+
+    assert load_profile("sv4d2").sample.dtype == "float16"  # as the release
+    cfg = load_profile("demo", ["sample.guidance=spatiotemporal", "sample.cfg_min=1.5", "sample.cfg_max=2.5"])
+    assert sample_options(cfg.sample)["guidance"] == "spatiotemporal"
+    with pytest.raises(ConfigError, match="cfg_min"):
+        load_profile("demo", ["sample.cfg_min=3.0"])
+    with pytest.raises(ConfigError, match="dtype"):
+        load_profile("demo", ["sample.dtype=float8"])
