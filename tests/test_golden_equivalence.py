@@ -46,7 +46,7 @@ def tiny_config() -> UNetConfig:
 
 
 @pytest.fixture(scope="module")
-def official_checkpoint(tmp_path_factory) -> Path:
+def official_checkpoint() -> Path:
     """The golden state dict as an official sv4d2 file (prefixed keys), read by the converter."""
     return golden_file("unet_tiny_official.safetensors")
 
@@ -77,7 +77,6 @@ def case_inputs(cases: dict[str, torch.Tensor], case: str, ref: bool = True) -> 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_network_matches_the_release(case, tiny_config, official_checkpoint, cases):
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     net, report = convert.load_unet_from_official(
         official_checkpoint, tiny_config, camera_attention=CASES[case]
     )
@@ -96,6 +95,7 @@ def test_network_matches_the_release(case, tiny_config, official_checkpoint, cas
         assert (out_none - expected).abs().max().item() < NET_ATOL
 
 
+@pytest.mark.slow
 def test_each_mode_is_needed(tiny_config, official_checkpoint, cases):
     """The cases pin the modes: a wrong mode (or the old camera-MLP input) misses the release by O(1)."""
     inputs = case_inputs(cases, "snapshot")
