@@ -2,6 +2,8 @@
 
     python benchmarks/attention.py --batch 2                  # every SDPA shape of the full-size network
     python benchmarks/attention.py --batch 2 --backends flash cudnn
+    python benchmarks/attention.py --camera-attention snapshot   # the released sv4d2 layout (V-token camera)
+    python benchmarks/attention.py --camera-attention views --frames 5 --views 8   # sv4d2_8views
 
 The shapes are recorded, not written down: the full-size UNet runs once on the meta device with
 ``model.attention.sdpa`` patched to log every call's (q, k) shapes, so the table always matches the network
@@ -9,8 +11,12 @@ The shapes are recorded, not written down: the full-size UNet runs once on the m
 Each distinct shape is then timed on the GPU in bf16, forward and forward + backward, with each SDPA backend
 (through ``torch.nn.attention.sdpa_kernel``), chunked exactly as the network's ``sdpa``.
 
+The camera ("3D") attention's shapes follow ``--camera-attention`` (model/config.py): ``paper`` attends over
+V*H*W tokens per frame, ``snapshot`` / ``views`` over V tokens per (frame, pixel group).
+
 The step estimate per backend: sum over calls of forward + backward, plus one more forward for the calls
-that activation checkpointing recomputes (``attention`` policy: all but the self-attentions of >= 256 keys).
+that activation checkpointing recomputes (``attention`` policy: all but the self-attentions of >=
+``model.blocks.LONG_ATTENTION_KEYS`` keys, so in the snapshot / views modes the camera attention too).
 """
 
 from __future__ import annotations
@@ -28,15 +34,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import model.attention as attention  # noqa: E402
-from model.config import get_config  # noqa: E402
+from model.blocks import LONG_ATTENTION_KEYS  # noqa: E402
+from model.config import CAMERA_ATTENTION_MODES, get_config  # noqa: E402
 from model.flops import _meta_inputs  # noqa: E402
 from model.unet import SV4D2UNet  # noqa: E402
 
 BACKENDS = ("flash", "cudnn", "efficient", "math")
-SAVED_MIN_KEYS = 256  # model.blocks: the "attention" policy keeps self-attentions with >= 256 keys
 
 
-def record_calls(unet: str, batch: int, frames: int, views: int, hw: int) -> Counter:
+def saved_by_attention_policy(q_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> bool:
+    """Whether the "attention" checkpoint policy keeps this SDPA call's output (model.blocks)."""
+    return k_shape == q_shape and k_shape[2] >= LONG_ATTENTION_KEYS
+
+
+def record_calls(
+    unet: str, batch: int, frames: int, views: int, hw: int, camera_attention: str = "paper"
+) -> Counter:
     """(q shape, k shape) -> number of SDPA calls in one forward of the network (meta device)."""
     calls: Counter = Counter()
     real = attention.sdpa
@@ -45,7 +58,7 @@ def record_calls(unet: str, batch: int, frames: int, views: int, hw: int) -> Cou
         calls[(tuple(q.shape), tuple(k.shape))] += 1
         return real(q, k, v)
 
-    cfg = get_config(unet)
+    cfg = get_config(unet).replace(camera_attention=camera_attention)
     with torch.device("meta"):
         net = SV4D2UNet(cfg)
     attention.sdpa = spy
@@ -128,20 +141,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--size", type=int, default=576)
+    p.add_argument("--camera-attention", choices=CAMERA_ATTENTION_MODES, default="paper")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=["flash", "cudnn", "efficient"])
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/attention.py needs a CUDA GPU")
-    calls = record_calls(args.unet, args.batch, args.frames, args.views, args.size // 8)
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, batch {args.batch}")
+    calls = record_calls(
+        args.unet, args.batch, args.frames, args.views, args.size // 8, args.camera_attention
+    )
+    print(
+        f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, batch {args.batch}, "
+        f"camera attention {args.camera_attention}"
+    )
     print(f"{sum(calls.values())} SDPA calls per forward, {len(calls)} distinct shapes\n")
     rows = []
     totals = {b: 0.0 for b in args.backends}
     best_total = 0.0
     for (qs, ks), count in sorted(calls.items(), key=lambda kv: -kv[0][0][0] * kv[0][0][2] * kv[0][1][2]):
-        recomputed = not (ks == qs and ks[2] >= SAVED_MIN_KEYS)
+        recomputed = not saved_by_attention_policy(qs, ks)
         row = {"q": qs, "k": ks, "calls": count, "recomputed": recomputed}
         for b in args.backends:
             row[b] = bench_shape(qs, ks, b, args.iters)
@@ -174,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": torch.cuda.get_device_name(),
                 "torch": torch.__version__,
                 "batch": args.batch,
+                "camera_attention": args.camera_attention,
                 "rows": rows,
                 "totals_ms": totals,
                 "best_total_ms": best_total,

@@ -29,7 +29,9 @@ _SDPA_OPS = {
     _aten._scaled_dot_product_flash_attention_for_cpu.default,
 }
 _SAVE_OPS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.convolution.default, *_SDPA_OPS}
-# "attention" keeps only attentions with at least this many keys (the spatial and 3D self-attentions): their
+# "attention" keeps only attentions with at least this many keys: the spatial self-attentions (but at the
+# coarsest levels) and, in the ``paper`` camera mode, the camera self-attention over V*H*W tokens; the
+# ``snapshot`` / ``views`` camera attentions (V keys) and the frame attentions (F keys) are recomputed. Their
 # outputs are one (tokens, C) tensor each, but they are most of the recomputed FLOPs.
 LONG_ATTENTION_KEYS = 256
 
@@ -85,7 +87,9 @@ class BlockContext:
     """Per-forward inputs shared by all blocks.
 
     emb: (N, E) diffusion-time embedding plus label embedding of the camera vector.
-    vector: (N, adm_in_channels) the raw camera/noise conditioning vector (input of the camera MLPs).
+    camera_emb: (B, V, E) the input of the camera MLPs: ``emb`` at frame 0 of each view, as the release
+        (``cam.view(b, t, v, -1)[:, 0]``), so the camera term depends on the diffusion time and the cameras
+        of frame 0 serve every frame.
     clip: (B, F, context_dim) CLIP image embedding of the input frame at each time index.
     ref: (B, V, C_lat, H0, W0) reference-view latents (already masked) or None (treated as zeros).
     frame_index: (B, F) float frame indices for the frame-index embedding.
@@ -95,7 +99,7 @@ class BlockContext:
     frames: int
     views: int
     emb: torch.Tensor
-    vector: torch.Tensor
+    camera_emb: torch.Tensor
     clip: torch.Tensor
     ref: torch.Tensor | None
     frame_index: torch.Tensor
@@ -242,15 +246,16 @@ class Upsample(nn.Module):
 
 
 class SpatioTemporalTransformer(nn.Module):
-    """Spatial attention per image, 3D attention per frame over all V*H*W tokens, frame attention per pixel.
+    """Spatial attention per image, camera ("3D") attention across views, frame attention per pixel.
 
     For each depth index:
       1. ``transformer_blocks``: self-attention over the H*W tokens of each image, cross-attention to the CLIP
          embedding of that image's input frame.
-      2. ``time_mix_blocks`` (3D / camera block): the camera MLP ``time_mix_time_embed`` (adm -> 4C -> C) of
-         the conditioning vector is added to each image's tokens, then attention over all V*H*W tokens of each
-         frame (paper eq. 2, the F x (V*H*W) layout), cross-attention to the frame's CLIP embedding;
-         blended with ``time_mixer``.
+      2. ``time_mix_blocks`` (3D / camera block): the camera MLP ``time_mix_time_embed`` (4*mc -> 4C -> C) of
+         the UNet embedding ``emb`` at frame 0 of each view is added to that view's tokens; then attention
+         along the sequences of ``config.camera_attention`` (:func:`camera_sequences`: ``paper``, all V*H*W
+         tokens of each frame, eq. 2; ``snapshot`` / ``views``, the released layouts), cross-attention to a
+         CLIP token; blended with ``time_mixer``.
       3. ``motion_blocks`` (frame block): the frame-index MLP ``time_mix_motion_embed`` (C -> 4C -> C) of the
          sinusoidal frame-index embedding is added, then attention over the F frames at each (view, pixel),
          cross-attention to the reference-view latent at that (view, pixel); blended with
@@ -282,8 +287,11 @@ class SpatioTemporalTransformer(nn.Module):
         self.motion_blocks = nn.ModuleList(
             [TimeMixBlock(channels, heads, d, cfg.motion_context_dim, cfg.dropout) for _ in range(depth)]
         )
+        self.camera_attention = cfg.camera_attention
+        # The release feeds this MLP the UNet embedding (its layer is declared adm_in_channels wide, which
+        # only works because 1280 = 4 * 320): sized by what it reads.
         self.time_mix_time_embed = nn.Sequential(
-            nn.Linear(cfg.adm_in_channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, channels)
+            nn.Linear(cfg.time_embed_dim, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, channels)
         )
         self.time_mix_motion_embed = nn.Sequential(
             nn.Linear(channels, 4 * channels), nn.SiLU(), nn.Linear(4 * channels, channels)
@@ -317,16 +325,15 @@ class SpatioTemporalTransformer(nn.Module):
         b, f, v = ctx.batch, ctx.frames, ctx.views
         clip = ctx.clip
         clip_per_image = clip[:, :, None, :].expand(b, f, v, clip.shape[-1]).reshape(n, 1, clip.shape[-1])
-        clip_per_frame = clip.reshape(b * f, 1, clip.shape[-1])
-        cam = self.time_mix_time_embed(ctx.vector)[:, None, :]
+        cam = self.time_mix_time_embed(ctx.camera_emb)  # (B, V, C)
         if ctx.frame_attention:
-            femb = timestep_embedding(ctx.frame_index, c, self.max_period).to(ctx.vector.dtype)
+            femb = timestep_embedding(ctx.frame_index, c, self.max_period).to(cam.dtype)
             femb = self.time_mix_motion_embed(femb)[:, :, None, :]  # (B, F, 1, C)
             motion_ctx = ctx.motion_context(hh, ww, self.motion_context_dim, cam.dtype)
         h = x
         for i in range(len(self.transformer_blocks)):
             h = self._ckpt(self._spatial_step, i, h, clip_per_image)
-            h = self._ckpt(self._camera_step, i, h, cam, clip_per_frame, b, f, v)
+            h = self._ckpt(self._camera_step, i, h, cam, clip, b, f, v)
             if ctx.frame_attention:
                 h = self._ckpt(self._frame_step, i, h, femb, motion_ctx, b, f, v)
         h = self.proj_out(h)
@@ -347,11 +354,13 @@ class SpatioTemporalTransformer(nn.Module):
         return self.transformer_blocks[i](h, clip_per_image)
 
     def _camera_step(
-        self, i: int, h: torch.Tensor, cam: torch.Tensor, clip_per_frame: torch.Tensor, b: int, f: int, v: int
+        self, i: int, h: torch.Tensor, cam: torch.Tensor, clip: torch.Tensor, b: int, f: int, v: int
     ) -> torch.Tensor:
+        """h: (N, HW, C) tokens; cam: (B, V, C) camera embedding; clip: (B, F, D). Returns (N, HW, C)."""
         n, hw, c = h.shape
-        mixed = (h + cam.to(h.dtype)).reshape(b * f, v * hw, c)
-        mixed = self.time_mix_blocks[i](mixed, clip_per_frame).reshape(n, hw, c)
+        mixed = h.view(b, f, v, hw, c) + cam.to(h.dtype)[:, None, :, None, :]
+        seqs, context = camera_sequences(mixed, clip, self.camera_attention)
+        mixed = camera_tokens(self.time_mix_blocks[i](seqs, context), b, f, v, hw, self.camera_attention)
         return self.time_mixer(h, mixed)
 
     def _frame_step(
@@ -363,3 +372,48 @@ class SpatioTemporalTransformer(nn.Module):
         mixed = self.motion_blocks[i](mixed, motion_ctx)
         mixed = mixed.view(b, v * hw, f, c).transpose(1, 2).reshape(n, hw, c)
         return self.time_mixer_motion(h, mixed)
+
+
+def camera_sequences(
+    tokens: torch.Tensor, clip: torch.Tensor, mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences of the camera block and their one-token CLIP contexts, for ``mode`` (see model/config.py).
+
+    tokens: (B, F, V, HW, C); clip: (B, F, D). Returns (sequences (S, L, C), context (S, 1, D)):
+
+    - ``paper``: S = B*F sequences of L = V*HW tokens (every token of a frame), the frame's CLIP.
+    - ``views``: S = B*F*HW sequences of the L = V views at one (frame, pixel), the frame's CLIP.
+    - ``snapshot``: the release's grouping. Rows (b, view, pixel) x frame, cut into groups of V consecutive
+      rows (g = (view * HW + pixel) // V within the batch element; a group straddles two views where HW is
+      not a multiple of V, as in the release); sequence j = (b*HW + g)*F + s holds the V rows of group g at
+      frame s, and its CLIP is row j of the (b, frame, pixel)-ordered repetition of the CLIP tokens, i.e.
+      frame floor((g*F + s) / HW), not frame s.
+
+    Example (snapshot, B = 1, F = 2, V = 2, HW = 2): groups g = 0 (view 0, pixels 0-1), g = 1 (view 1);
+    sequences j = 0..3 are (g, s) = (0, 0), (0, 1), (1, 0), (1, 1) with CLIP frames 0, 0, 1, 1.
+    :func:`camera_tokens` is the inverse of the token rearrangement.
+    """
+    b, f, v, hw, c = tokens.shape
+    d = clip.shape[-1]
+    if mode == "paper":
+        return tokens.reshape(b * f, v * hw, c), clip.reshape(b * f, 1, d)
+    per_pixel = clip[:, :, None, :].expand(b, f, hw, d).reshape(b * f * hw, 1, d)
+    if mode == "views":
+        return tokens.permute(0, 1, 3, 2, 4).reshape(b * f * hw, v, c), per_pixel
+    if mode == "snapshot":
+        rows = tokens.permute(0, 2, 3, 1, 4).reshape(b, hw, v, f, c)  # (b, group, member, frame, c)
+        return rows.permute(0, 1, 3, 2, 4).reshape(b * hw * f, v, c), per_pixel
+    raise ValueError(f"unknown camera_attention mode {mode!r}")
+
+
+def camera_tokens(seqs: torch.Tensor, b: int, f: int, v: int, hw: int, mode: str) -> torch.Tensor:
+    """Inverse of :func:`camera_sequences`' token rearrangement: sequences -> (B*F*V, HW, C) image tokens."""
+    c = seqs.shape[-1]
+    if mode == "paper":
+        return seqs.reshape(b * f * v, hw, c)
+    if mode == "views":
+        return seqs.view(b, f, hw, v, c).permute(0, 1, 3, 2, 4).reshape(b * f * v, hw, c)
+    if mode == "snapshot":
+        rows = seqs.view(b, hw, f, v, c).permute(0, 1, 3, 2, 4).reshape(b, v, hw, f, c)
+        return rows.permute(0, 3, 1, 2, 4).reshape(b * f * v, hw, c)
+    raise ValueError(f"unknown camera_attention mode {mode!r}")

@@ -9,6 +9,19 @@ Two named configs:
   context (the reference-view VAE latent). Exactly 2,010,961,338 parameters.
 - ``tiny``: the same code path at toy size, for CPU tests.
 
+``camera_attention`` picks how the camera ("3D") block arranges its tokens (:data:`CAMERA_ATTENTION_MODES`):
+
+- ``paper`` (default, our own models): for each frame, attention over all V*H*W tokens of that frame, with the
+  frame's CLIP token as context (paper eq. 2).
+- ``snapshot``: the released ``sv4d2.safetensors`` code (Stability-AI/generative-models 0ad7de9,
+  ``use_3d_attention: True``). Tokens are laid out (batch, view, pixel) x frame and cut into sequences of V
+  consecutive rows: V horizontally adjacent pixels of one view at one frame. The CLIP context of sequence
+  j = g*F + s (g: group within the batch element, s: frame) is that of frame floor(j / (H*W)), not frame s.
+- ``views``: the released ``sv4d2_8views.safetensors`` code (``use_3d_attention: False``): attention over
+  the V views at each (frame, pixel), with that frame's CLIP token.
+
+All three modes have the same parameters, so a checkpoint loads into any of them.
+
 A config is saved beside the weights as ``config.json`` (like diffusers) with :func:`save_config` and read
 back with :func:`load_config`.
 """
@@ -22,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_FILENAME = "config.json"
+CAMERA_ATTENTION_MODES = ("paper", "snapshot", "views")
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,8 @@ class UNetConfig:
     Channel counts must be divisible by ``norm_groups`` and by ``num_head_channels`` where attention is used.
     ``adm_in_channels`` must equal ``sigma_emb_dim + 2 * angle_emb_dim`` (the conditioning vector is the
     concatenation [sigma embedding, polar embedding, azimuth embedding], as in the official conditioner).
+    The camera MLPs read the UNet embedding (``time_embed_dim`` = 4 * model_channels wide), as the release,
+    whose layer is declared ``adm_in_channels`` wide (equal at full size: 1280 = 4 x 320).
     """
 
     in_channels: int = 8
@@ -58,6 +74,8 @@ class UNetConfig:
     # alpha_f = 0.0067 ("near zero", paper sec. 3.2). Only used for freshly initialised frame layers.
     motion_merge_factor_init: float = 5.0
     gradient_checkpointing: bool = False
+    # How the camera ("3D") block groups tokens: paper | snapshot | views (module docstring).
+    camera_attention: str = "paper"
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +94,10 @@ class UNetConfig:
                 raise ValueError(f"channels {ch} not divisible by norm_groups={self.norm_groups}")
             if ch % self.num_head_channels:
                 raise ValueError(f"channels {ch} not divisible by num_head_channels={self.num_head_channels}")
+        if self.camera_attention not in CAMERA_ATTENTION_MODES:
+            raise ValueError(
+                f"camera_attention must be one of {CAMERA_ATTENTION_MODES}, got {self.camera_attention!r}"
+            )
         if self.temporal_kernel_size % 2 != 1:
             raise ValueError(f"temporal_kernel_size must be odd, got {self.temporal_kernel_size}")
 

@@ -8,11 +8,22 @@ UNet (``model.diffusion_model.*``)
     :data:`SV3D_P_RENAMES` (``time_stack`` -> ``time_mix_blocks`` in ResBlocks and transformers,
     ``time_pos_embed`` -> ``time_mix_time_embed``) and by 10 reshaped camera-MLP weights
     ``time_mix_time_embed.0.weight``: sv3d_p fed that MLP the C-d sinusoidal embedding of the view
-    index (weight 4C x C); SV4D 2.0 feeds it the 1280-d conditioning vector (weight 4C x 1280). At
-    C = 320 and 640 we place the old 4C x C weight in the first C input columns and zero the other
-    columns: the same rule as at C = 1280, where the shape is unchanged and the weight is used as it
-    is. The input's meaning changed either way (view index -> camera vector), so no mapping preserves
-    the sv3d_p function of this MLP; this one keeps every old weight and adds nothing.
+    index (weight 4C x C); SV4D 2.0 feeds it the UNet's 1280-d embedding
+    ``emb = time_embed(timestep_embedding(c_noise)) + label_emb(vector)`` taken at frame 0 of each view
+    (weight 4C x 1280; the release declares it ``adm_in_channels`` wide, which equals 4 x 320), so the
+    camera term also depends on the diffusion time. At C = 320 and 640 we place the old 4C x C weight in
+    the first C input columns and zero the other columns: the same rule as at C = 1280, where the shape
+    is unchanged and the weight is used as it is. The input's meaning changed either way (view index ->
+    UNet embedding), so no mapping preserves the sv3d_p function of this MLP; this one keeps every old
+    weight and adds nothing.
+
+Camera-attention mode (``UNetConfig.camera_attention``, see model/config.py)
+    The released files hold no trace of it (``sv4d2_8views`` is byte-identical in layout to ``sv4d2``),
+    so it comes from the file name unless set: :func:`default_camera_attention` picks ``views`` for a
+    name containing ``8views`` (``sv4d2_8views.safetensors``), ``snapshot`` for other sv4d2 files (the
+    grouping of the released code), and the config's own mode (``paper`` by default) for sv3d_p inits,
+    which start our training. ``camera_attention`` (CLI ``--camera-attention``, ``model.camera_attention``
+    in pipelines.yaml) overrides it; the report names the mode used and it is saved in ``config.json``.
     Layers that sv3d_p lacks (per transformer ``motion_blocks.*``, ``time_mix_motion_embed.*``,
     ``time_mixer_motion.mix_factor``) are initialised so the frame branch is the identity (zero
     residual outputs and zero frame-embedding output, see
@@ -49,7 +60,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import SV4D2, UNetConfig, get_config, save_config
+from .config import CAMERA_ATTENTION_MODES, SV4D2, UNetConfig, get_config, save_config
 from .unet import SV4D2UNet
 
 log = logging.getLogger(__name__)
@@ -90,6 +101,9 @@ class ConversionReport:
     reshaped: dict[str, list[list[int]]] = field(default_factory=dict)
     # Non-UNet key counts per group (clip, vae_encoder, vae_encoder_duplicates, vae_decoder, other).
     other_groups: dict[str, int] = field(default_factory=dict)
+    # Camera-attention mode of the converted network (paper | snapshot | views) and why it was chosen.
+    camera_attention: str = ""
+    camera_attention_reason: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -132,6 +146,44 @@ def detect_source(keys: Iterable[str]) -> str:
     if has_time_stack:
         return "sv3d_p"
     raise ValueError("not an official SV4D 2.0 / SV3D checkpoint: no model.diffusion_model.* UNet keys found")
+
+
+def default_camera_attention(path: str | Path, source: str, config_mode: str = "paper") -> tuple[str, str]:
+    """(mode, reason) for an official file: ``views`` for ``*8views*`` sv4d2 files, ``snapshot`` for other
+    sv4d2 files, ``config_mode`` for sv3d_p (its camera block is new, trained by us)."""
+    if source == "sv3d_p":
+        return config_mode, f"sv3d_p init: the config's mode ({config_mode})"
+    if "8views" in Path(path).name.lower():
+        return "views", "sv4d2_8views release (use_3d_attention: False): attention over the views per pixel"
+    return "snapshot", "sv4d2 release (use_3d_attention: True): the released grouping of V adjacent pixels"
+
+
+def resolve_camera_attention(setting: str, checkpoint: str | Path = "") -> str:
+    """The camera-attention mode for a ``model.camera_attention`` setting and an init checkpoint.
+
+    ``paper`` / ``snapshot`` / ``views`` are taken as they are. ``auto``: an official sv4d2 file gets the
+    release's mode (:func:`default_camera_attention`), one of our checkpoint folders the mode of its
+    ``config.json``, anything else (no checkpoint, sv3d_p, a file of our keys) ``paper``.
+    """
+    from .config import CAMERA_ATTENTION_MODES, CONFIG_FILENAME, load_config
+
+    if setting in CAMERA_ATTENTION_MODES:
+        return setting
+    if setting != "auto":
+        raise ValueError(f"camera_attention must be auto or one of {CAMERA_ATTENTION_MODES}, got {setting!r}")
+    path = Path(checkpoint) if checkpoint else None
+    if path is None or not path.exists():
+        return "paper"
+    if path.is_dir():
+        cfg = next((p for p in (path, *path.parents) if (p / CONFIG_FILENAME).is_file()), None)
+        return load_config(cfg).camera_attention if cfg is not None else "paper"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    if not any(k.startswith(UNET_PREFIX) for k in keys):
+        return "paper"
+    return default_camera_attention(path, detect_source(keys))[0]
 
 
 def adapt_tensor(key: str, tensor: torch.Tensor, target_shape: tuple[int, ...]) -> torch.Tensor:
@@ -209,6 +261,7 @@ def convert_state_dict(
     """
     source = source or detect_source(state_dict.keys())
     out, rep = _convert(state_dict.keys(), state_dict.__getitem__, target_shapes_for(config), source, dtype)
+    rep.camera_attention, rep.camera_attention_reason = config.camera_attention, "the target config's mode"
     if report is not None:
         report.append(rep)
     return out
@@ -266,12 +319,16 @@ def load_unet_from_official(
     source: str | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    camera_attention: str | None = None,
 ) -> tuple[SV4D2UNet, ConversionReport]:
     """Build our UNet from an official ``.safetensors`` file, streaming one tensor at a time.
 
     source: ``sv4d2``, ``sv3d_p`` or None (detected from the keys). dtype: cast every tensor (None keeps the
-    file's dtype). Every sv4d2 UNet key must be consumed and every parameter provided (sv3d_p: all but the
-    frame-attention layers, which are initialised new); otherwise ValueError. The model is built on the meta
+    file's dtype). camera_attention: the network's camera-attention mode; None (or ``auto``) picks the
+    release's (:func:`default_camera_attention`: ``snapshot`` for sv4d2, ``views`` for sv4d2_8views); the
+    returned network's config and the report carry it. Every sv4d2 UNet key must be consumed and every
+    parameter provided (sv3d_p: all but the frame-attention layers, which are initialised new); otherwise
+    ValueError. The model is built on the meta
     device and the loaded tensors are assigned, so peak memory is about one copy of the UNet.
     """
     from safetensors import safe_open
@@ -279,13 +336,19 @@ def load_unet_from_official(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official checkpoint not found: {path}")
-    with torch.device("meta"):
-        model = SV4D2UNet(config)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         keys = list(f.keys())
         source = source or detect_source(keys)
+        if camera_attention in (None, "auto"):
+            mode, reason = default_camera_attention(path, source, config.camera_attention)
+        else:
+            mode, reason = camera_attention, "set by the caller (camera_attention)"
+        config = config.replace(camera_attention=mode)
+        with torch.device("meta"):
+            model = SV4D2UNet(config)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         sd, report = _convert(keys, f.get_tensor, shapes, source, dtype)
+    report.camera_attention, report.camera_attention_reason = mode, reason
     _check_complete(report, frame_attention_keys(model))
     model.load_state_dict(sd, strict=False, assign=True)
     if report.missing:
@@ -299,12 +362,14 @@ def load_unet_from_official(
     if leftover:
         raise RuntimeError(f"parameters left on the meta device: {leftover[:5]}")
     log.info(
-        "converted %s (%s): %d tensors loaded, %d reshaped, %d new",
+        "converted %s (%s): %d tensors loaded, %d reshaped, %d new; camera attention %s (%s)",
         path,
         source,
         report.loaded,
         len(report.reshaped),
         len(report.initialized_new),
+        mode,
+        reason,
     )
     return model, report
 
@@ -363,6 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", default="sv4d2", help="UNet config name (default sv4d2)")
     parser.add_argument(
+        "--camera-attention",
+        choices=["auto", *CAMERA_ATTENTION_MODES],
+        default="auto",
+        help="camera-attention layout of the converted network (saved in config.json). auto: the release's "
+        "for an sv4d2 file (snapshot; views for *8views* files), the config's (paper) for sv3d_p",
+    )
+    parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the written weights"
     )
     parser.add_argument(
@@ -384,15 +456,19 @@ def main(argv: list[str] | None = None) -> int:
     source = "sv3d_p" if args.init_from_sv3d else "sv4d2"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, report = load_unet_from_official(ckpt, config, source=source, dtype=dtype)
+    model, report = load_unet_from_official(
+        ckpt, config, source=source, dtype=dtype, camera_attention=args.camera_attention
+    )
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_FILE))
-    save_config(config, out)
+    save_config(model.config, out)
     (out / REPORT_FILE).write_text(report.to_json() + "\n")
     if args.save_encoders:
         for group, sd in split_encoder_weights(ckpt, dtype=dtype).items():
             if sd:
                 save_file({k: v.contiguous() for k, v in sd.items()}, str(out / f"{group}.safetensors"))
-    log.info("wrote %s", out)
+    log.info(
+        "wrote %s (camera attention: %s, %s)", out, report.camera_attention, report.camera_attention_reason
+    )
     return 0
 
 

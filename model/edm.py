@@ -28,8 +28,12 @@ The release (Stability-AI/generative-models, `sgm.modules.diffusionmodules`) tra
 
 * **Sampler** `EulerEDMSampler` with `EDMDiscretization(sigma_min=0.002, sigma_max=700, rho=7)`, no churn,
   the initial noise multiplied by ``sqrt(1 + sigma_0^2)``, and classifier-free guidance whose scale rises
-  linearly from 1.0 to 2.0 over the (frame, view) latents in frame-major, view-minor order; the
-  unconditional branch zeroes the conditioning frames, their CLIP embeddings and the reference views.
+  linearly from 1.0 to 2.0 over the (frame, view) latents in frame-major, view-minor order
+  (`LinearPredictionGuider`; the 8-view release uses `SpatiotemporalPredictionGuider` from 1.5 to 2.5, see
+  `spatiotemporal_cfg_scale`). The unconditional branch (`drop_conditions`, also training's condition
+  dropout) zeroes the conditioning frames, their CLIP embeddings, the reference views and the
+  conditioning-sigma part of the vector (the release's `force_uc_zero_embeddings` names `cond_frames`, whose
+  embedder also returns the sigma embedding); polar and azimuth are kept.
 
 Tensor layout used throughout the trainer: latents ``(B, F, V, C, h, w)`` (frame-major, view-minor), sigmas
 ``(B,)``.
@@ -151,6 +155,64 @@ def cfg_scale_ramp(num_frames: int, num_views: int, lo: float = 1.0, hi: float =
     return torch.linspace(lo, hi, n).reshape(num_frames, num_views) if n > 1 else torch.full((1, 1), lo)
 
 
+def spatiotemporal_cfg_scale(
+    num_frames: int, num_views: int, lo: float = 1.5, hi: float = 2.5
+) -> torch.Tensor:
+    """(F, V) guidance scales of the 8-view release (`SpatiotemporalPredictionGuider`):
+    ``lo + (hi - lo) * (0.5 * t + 0.5 * tri(u))`` with t = linspace(0, 1, F) over frames,
+    u = linspace(0, 1, V) over views and the triangle wave tri(u) = 2 |u - round(u)|, which peaks at the
+    middle views.
+
+    Example (F = 5, V = 8, 1.5 -> 2.5): frame 0 is [1.5, 1.643, 1.786, 1.929, 1.929, 1.786, 1.643, 1.5] and
+    every later frame adds 0.125.
+    """
+    t = torch.linspace(0, 1, num_frames)[:, None] * 0.5
+    u = torch.linspace(0, 1, num_views)
+    tri = 2 * (u - torch.floor(u + 0.5)).abs()
+    scale = torch.zeros(num_frames, num_views) + t + tri[None, :] * 0.5
+    return scale * (hi - lo) + lo
+
+
+GUIDANCE = ("linear", "spatiotemporal")
+
+
+def cfg_scales(guidance: str, num_frames: int, num_views: int, lo: float, hi: float) -> torch.Tensor:
+    """(F, V) guidance scales of a named schedule: ``linear`` (`cfg_scale_ramp`, the 4-view release: 1 -> 2)
+    or ``spatiotemporal`` (`spatiotemporal_cfg_scale`, the 8-view release: 1.5 -> 2.5)."""
+    if guidance == "linear":
+        return cfg_scale_ramp(num_frames, num_views, lo, hi)
+    if guidance == "spatiotemporal":
+        return spatiotemporal_cfg_scale(num_frames, num_views, lo, hi)
+    raise ValueError(f"guidance must be one of {GUIDANCE}, got {guidance!r}")
+
+
+def drop_conditions(
+    keep: torch.Tensor,
+    cond_latent: torch.Tensor,
+    clip_emb: torch.Tensor,
+    ref_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The release's unconditional branch, per sample: the network's conditioning keyword arguments where
+    ``keep`` (B,) is 1, and where it is 0 zeroed conditioning latents, CLIP embeddings, reference views
+    (``ref_mask``) and conditioning-sigma embedding (``cond_sigma_mask``); the cameras are kept.
+
+    Used for classifier-free guidance (`model.sample`) and for training's condition dropout, so the network
+    learns the same unconditional input it is sampled with. cond_latent: (B, ...); clip_emb: (B, F, D);
+    ref_mask: (B,) or (B, V) (1 keeps a reference view), None = all present. Returns ``cond_latent``,
+    ``clip_emb``, ``ref_mask`` and ``cond_sigma_mask`` for ``SV4D2UNet.forward``.
+    """
+    keep = keep.to(cond_latent.device, torch.float32)
+    if keep.ndim != 1 or keep.shape[0] != cond_latent.shape[0]:
+        raise ValueError(f"keep must be (B,) = ({cond_latent.shape[0]},), got {tuple(keep.shape)}")
+    ref = torch.ones_like(keep) if ref_mask is None else ref_mask.to(keep.device, torch.float32)
+    return {
+        "cond_latent": cond_latent * append_dims(keep, cond_latent.ndim).to(cond_latent.dtype),
+        "clip_emb": clip_emb * append_dims(keep, clip_emb.ndim).to(clip_emb.dtype),
+        "ref_mask": ref * append_dims(keep, ref.ndim),
+        "cond_sigma_mask": keep,
+    }
+
+
 #: A denoiser closure: (x_noisy (B, F, V, C, h, w), sigma (B,), conditional: bool) -> denoised, same shape.
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
 
@@ -167,13 +229,18 @@ def euler_edm_sample(
     cfg_hi: float = 2.0,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
+    guidance: str = "linear",
+    noise: torch.Tensor | None = None,
     x_init: torch.Tensor | None = None,
     start_step: int = 0,
 ) -> torch.Tensor:
-    """The release's Euler EDM sampler (no churn) with the linear CFG ramp; returns scaled latents.
+    """The release's Euler EDM sampler (no churn) with its CFG schedule; returns latents in the diffusion
+    (VAE-scaled) space.
 
-    `shape` is (B, F, V, C, h, w). Guidance: D = D_u + s * (D_c - D_u) with s from `cfg_scale_ramp`; when
-    cfg_lo == cfg_hi == 1 the unconditional branch is skipped.
+    `shape` is (B, F, V, C, h, w). Guidance: D = D_u + s * (D_c - D_u) with s from `cfg_scales(guidance, ...)`
+    (``linear``: cfg_lo -> cfg_hi, ``spatiotemporal``: the 8-view schedule); when every s is 1 the
+    unconditional branch is skipped. noise: the N(0, 1) initial noise of `shape` (default: drawn from
+    `generator`), multiplied by sqrt(1 + sigma_0^2) as the release.
     Start-from-image: `x_init` is the state at step `start_step` of the schedule (see `noise_to_step`); the
     loop then runs steps start_step .. num_steps - 1 only.
     """
@@ -184,15 +251,21 @@ def euler_edm_sample(
         raise ValueError(f"start_step must lie in [0, {num_steps}), got {start_step}")
     if (x_init is None) != (start_step == 0):
         raise ValueError("x_init and start_step > 0 go together (start-from-image)")
-    if x_init is None:
-        x = torch.randn(shape, generator=generator, device="cpu").to(device)
-        x = x * math.sqrt(1.0 + float(sigmas[0]) ** 2)
-    else:
+    if x_init is not None:
         if tuple(x_init.shape) != tuple(shape):
             raise ValueError(f"x_init shape {tuple(x_init.shape)} != sample shape {tuple(shape)}")
         x = x_init.to(device=device, dtype=torch.float32)
-    scale = cfg_scale_ramp(shape[1], shape[2], cfg_lo, cfg_hi).to(device)[None, :, :, None, None, None]
-    guided = not (cfg_lo == 1.0 and cfg_hi == 1.0)
+    else:
+        if noise is None:
+            x = torch.randn(shape, generator=generator, device="cpu").to(device)
+        elif tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+        else:
+            x = noise.to(device, torch.float32)
+        x = x * math.sqrt(1.0 + float(sigmas[0]) ** 2)
+    scale = cfg_scales(guidance, shape[1], shape[2], cfg_lo, cfg_hi).to(device)
+    guided = not bool((scale == 1.0).all())
+    scale = scale[None, :, :, None, None, None]
     for i in range(start_step, num_steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         sb = s.expand(shape[0])

@@ -35,16 +35,21 @@ def camera_vector(
     sigma_dim: int = 256,
     angle_dim: int = 512,
     max_period: int = 10000,
+    sigma_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The conditioning vector ``[emb(cond_sigma), emb(polar), emb(azimuth)]`` (official order).
 
     polar_rad, azimuth_rad: same shape S (e.g. (B, F, V)); cond_sigma: broadcastable to S (e.g. (B, 1, 1)).
-    Returns (*S, sigma_dim + 2 * angle_dim) float32.
+    sigma_mask: broadcastable to S, 1 keeps and 0 zeroes the sigma embedding (the release's unconditional
+    branch). Returns (*S, sigma_dim + 2 * angle_dim) float32.
     """
     polar_rad, azimuth_rad, cond_sigma = torch.broadcast_tensors(polar_rad, azimuth_rad, cond_sigma)
+    sigma_emb = timestep_embedding(cond_sigma, sigma_dim, max_period)
+    if sigma_mask is not None:
+        sigma_emb = sigma_emb * torch.as_tensor(sigma_mask, device=sigma_emb.device).float()[..., None]
     return torch.cat(
         [
-            timestep_embedding(cond_sigma, sigma_dim, max_period),
+            sigma_emb,
             timestep_embedding(polar_rad, angle_dim, max_period),
             timestep_embedding(azimuth_rad, angle_dim, max_period),
         ],

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.dtypes import torch_dtype
 from model.edm import noise_to_step
+from model.sampler import autocast_dtype
 from model.windows import ViewGroup, Window, fill_frames, select_frames, view_groups, window_schedule
 
 log = logging.getLogger(__name__)
@@ -250,12 +250,6 @@ def load_encoders(cfg: Any, device: torch.device) -> Any:
     return encoders.Encoders(spec)
 
 
-def _autocast(cfg: Any, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or cfg.model.dtype == "float32":
-        return None
-    return torch_dtype(cfg.model.dtype)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # One input end to end
 
@@ -267,8 +261,9 @@ class NovelViewSampler:
         self.cfg = cfg
         self.device = device or resolve_device(cfg.sample.device)
         self.net, self.net_info = load_network(cfg, self.device)
-        self.dtype = _autocast(cfg, self.device)
-        if self.dtype is not None:  # bf16 weights: half the memory, the same products as bf16 autocast
+        self.dtype = autocast_dtype(cfg.sample.dtype)
+        if self.dtype is not None and self.device.type == "cuda":
+            # half-precision weights as the release: half the memory, the same products as autocast alone
             self.net.to(self.dtype)
         self.encoders = load_encoders(cfg, self.device)
         if self.encoders.clip_dim != self.net.config.context_dim:
@@ -289,10 +284,11 @@ class NovelViewSampler:
         return resolve_cameras(s.cameras, s.orbit_views, s.orbit_elevation_deg)
 
     def _sampler(self, generator: torch.Generator) -> SamplerFn:
-        from model.sampler import sample_latents
+        from model.sampler import sample_latents, sample_options
 
         s = self.cfg.sample
         start = s.start_step
+        options = sample_options(s)
 
         def run(cond, clip, polar, azimuth, ref, x_init):
             return sample_latents(
@@ -302,16 +298,9 @@ class NovelViewSampler:
                 polar.to(self.device),
                 azimuth.to(self.device),
                 ref,
-                cond_aug=s.cond_aug,
-                num_steps=s.num_steps,
-                cfg_lo=s.cfg_lo,
-                cfg_hi=s.cfg_hi,
+                **options,
                 latent_channels=self.net.config.out_channels,
                 generator=generator,
-                autocast_dtype=self.dtype,
-                sigma_min=s.sigma_min,
-                sigma_max=s.sigma_max,
-                rho=s.rho,
                 x_init=x_init,
                 start_step=start if x_init is not None else 0,
             )
@@ -415,8 +404,9 @@ class NovelViewSampler:
             "num_steps": s.num_steps,
             "start_step": s.start_step,
             "init_images": s.init_images,
-            "cfg_lo": s.cfg_lo,
-            "cfg_hi": s.cfg_hi,
+            "guidance": s.guidance,
+            "cfg_min": s.cfg_min,
+            "cfg_max": s.cfg_max,
             "sigma_min": s.sigma_min,
             "sigma_max": s.sigma_max,
             "rho": s.rho,
@@ -430,7 +420,7 @@ class NovelViewSampler:
             "view_groups": [list(g.slots) for g in groups],
             "group_anchors": s.group_anchors,
             "fps": fps,
-            "dtype": str(self.dtype or "float32"),
+            "dtype": s.dtype,
             "device": str(self.device),
         }
         rgba_views = np.concatenate(

@@ -35,6 +35,7 @@ from model.checkpoint import (
     resolve_checkpoint,
 )
 from model.config import UNetConfig, get_config, save_config
+from model.convert import resolve_camera_attention
 from model.data import expand_urls, make_loader
 from model.distributed import DistInfo, init_distributed
 from model.dtypes import torch_dtype
@@ -144,7 +145,10 @@ def lr_lambda(warmup_steps: int):
 
 def build_network(mcfg: Any, seed: int, stage: str, device: torch.device) -> tuple[UNetConfig, SV4D2UNet]:
     """The stage's network, identically initialized on every rank (seeded), configured for ``stage``."""
-    unet_cfg = get_config(mcfg.unet).replace(gradient_checkpointing=mcfg.activation_checkpointing)
+    unet_cfg = get_config(mcfg.unet).replace(
+        gradient_checkpointing=mcfg.activation_checkpointing,
+        camera_attention=resolve_camera_attention(mcfg.camera_attention, mcfg.init_checkpoint),
+    )
     torch.manual_seed(seed)
     net = build_unet(unet_cfg).to(device)
     net.checkpoint_policy = mcfg.checkpoint_policy  # before any compile: regions are built per policy

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.edm import append_dims, denoise, edm_loss, vscaling_edm
+from model.edm import append_dims, denoise, drop_conditions, edm_loss, vscaling_edm
 from model.ema import EMA
 
 
@@ -30,8 +30,9 @@ def training_loss(
 
     Noisy input x = x0 + sigma * n; the network sees c_in * x and c_noise; the conditioning latents are
     noise-augmented with cond_aug (which also feeds the 256-d sigma embedding). Condition dropout zeroes the
-    conditioning latents, the CLIP embeddings and the reference views of a sample jointly (the release's
-    unconditional branch); reference masking zeroes only the reference views.
+    conditioning latents, the CLIP embeddings, the reference views and the sigma embedding of a sample
+    jointly (`model.edm.drop_conditions`, the release's unconditional branch); reference masking zeroes only
+    the reference views.
     """
     x0 = batch["latents"].to(device, torch.float32)
     sigma = batch["sigma"].to(device, torch.float32)
@@ -41,11 +42,9 @@ def training_loss(
     keep = (~batch["drop_cond"].to(device)).float()
     cond_aug = batch["cond_aug"].to(device, torch.float32)
     cond = batch["cond_latents"].to(device, torch.float32)
-    cond = (cond + append_dims(cond_aug, cond.ndim) * batch["cond_noise"].to(device)) * append_dims(
-        keep, cond.ndim
-    )
-    clip = batch["clip"].to(device, torch.float32) * keep[:, None, None]
-    ref_keep = keep * (~batch["ref_drop"].to(device)).float()
+    cond = cond + append_dims(cond_aug, cond.ndim) * batch["cond_noise"].to(device)
+    ref_keep = (~batch["ref_drop"].to(device)).float()
+    conds = drop_conditions(keep, cond, batch["clip"].to(device, torch.float32), ref_keep)
     ctx = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -55,13 +54,11 @@ def training_loss(
         out = net(
             append_dims(c_in, x_noisy.ndim) * x_noisy,
             c_noise,
-            cond,
-            clip,
-            batch["polar"].to(device),
-            batch["azimuth"].to(device),
+            polar_rad=batch["polar"].to(device),
+            azimuth_rad=batch["azimuth"].to(device),
             cond_sigma=cond_aug,
             ref_latents=batch["ref_latents"].to(device, torch.float32),
-            ref_mask=ref_keep,
+            **conds,
         )
     per_sample = edm_loss(denoise(out.float(), x_noisy, sigma), x0, sigma)
     return per_sample.mean(), per_sample

@@ -9,6 +9,10 @@ Parameter names follow the official ``SpatialUNetModelWithTime`` state dict one 
 and ``time_mixer``; in transformers ``time_mix_blocks`` (3D block), ``motion_blocks`` (frame block),
 ``time_mix_time_embed`` (camera MLP), ``time_mix_motion_embed`` (frame-index MLP), ``time_mixer`` and
 ``time_mixer_motion``), so ``state_dict()`` keys equal the official keys without ``model.diffusion_model.``.
+
+``config.camera_attention`` selects the camera block's token layout (``paper`` for our models; ``snapshot``
+and ``views`` reproduce the released sv4d2 / sv4d2_8views code, see model/config.py); the golden outputs of
+the release (``../shared/reference/golden``) are matched in all three (tests/test_golden_equivalence.py).
 """
 
 from __future__ import annotations
@@ -176,6 +180,7 @@ class SV4D2UNet(nn.Module):
         ref_mask: torch.Tensor | None = None,
         frame_index: torch.Tensor | None = None,
         frame_attention: bool | None = None,
+        cond_sigma_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoiser network output (the official ``network(input * c_in, c_noise, cond)``).
 
@@ -185,8 +190,12 @@ class SV4D2UNet(nn.Module):
             (B, F, V, C, H, W); concatenated to x on the channel axis (noisy latent first).
         clip_emb: (B, F, context_dim) CLIP image embedding of each input frame.
         polar_rad, azimuth_rad: (B, F, V) or (B, V) relative camera angles in the official convention
-            (see :func:`model.embeddings.relative_polar_azimuth`).
+            (see :func:`model.embeddings.relative_polar_azimuth`). They enter the label embedding of every
+            latent; the camera MLPs read the embedding of frame 0 of each view (as the release).
         cond_sigma: scalar, (B,) or (B, F, V): the noise-augmentation sigma of cond_latent (embedded 256-d).
+        cond_sigma_mask: (B,) 1 keeps, 0 zeroes the sigma part of the conditioning vector (the release's
+            unconditional branch zeroes it with the conditioning latents; see
+            :func:`model.edm.unconditional_inputs`). None keeps it.
         ref_latents: (B, V, C, h, w) reference multi-view latents (target views at the window's first frame),
             or None (= zeros). Resized bilinearly to each transformer's resolution.
         ref_mask: (B,) or (B, V): 1 keeps, 0 drops a sample's / view's reference (dropped = zeros = absent).
@@ -226,6 +235,10 @@ class SV4D2UNet(nn.Module):
             return t.expand(b, f, v).reshape(n)
 
         t_flat = per_latent(timesteps, "timesteps")
+        if cond_sigma_mask is not None and tuple(torch.as_tensor(cond_sigma_mask).shape) != (b,):
+            raise ValueError(
+                f"cond_sigma_mask must be (B,) = ({b},), got {tuple(torch.as_tensor(cond_sigma_mask).shape)}"
+            )
         vector = camera_vector(
             per_latent(polar_rad, "polar_rad"),
             per_latent(azimuth_rad, "azimuth_rad"),
@@ -233,6 +246,7 @@ class SV4D2UNet(nn.Module):
             cfg.sigma_emb_dim,
             cfg.angle_emb_dim,
             cfg.max_period,
+            sigma_mask=None if cond_sigma_mask is None else per_latent(cond_sigma_mask, "cond_sigma_mask"),
         ).to(dtype)
         emb = self.time_embed(timestep_embedding(t_flat, cfg.model_channels, cfg.max_period).to(dtype))
         emb = emb + self.label_emb(vector)
@@ -263,7 +277,7 @@ class SV4D2UNet(nn.Module):
             frames=f,
             views=v,
             emb=emb,
-            vector=vector,
+            camera_emb=emb.view(b, f, v, -1)[:, 0],
             clip=clip_emb.to(dtype),
             ref=ref_latents,
             frame_index=frame_index,

@@ -240,6 +240,10 @@ class ModelSection:
     """Autocast dtype on CUDA (weights and optimizer stay float32). CPU runs float32 unless cpu_autocast."""
     cpu_autocast: bool = False
     """Use bf16 autocast on the CPU too (slow; only to test the bf16 path)."""
+    camera_attention: Literal["auto", "paper", "snapshot", "views"] = "auto"
+    """Token layout of the camera ("3D") attention (model/config.py). paper: all V*H*W tokens of a frame (eq.
+    2); snapshot / views: the released sv4d2 / sv4d2_8views code. auto: the release's mode for an official
+    sv4d2 init_checkpoint (views if its name has "8views"), the saved one for our checkpoints, else paper."""
 
 
 @dataclass
@@ -395,13 +399,20 @@ class SampleConfig:
     """Camera distance of the written poses (the training orbits' radius)."""
     fov_deg: float = 33.8
     """Field of view of the written intrinsics (the training renders')."""
+    dtype: Dtype = "float16"
+    """Autocast dtype of the network while sampling: float16 as the release (which also casts the UNet to
+    half); float32 runs without autocast."""
     num_steps: int = 50
+    """Euler EDM steps (sigma sigma_max -> sigma_min, rho)."""
     sigma_min: float = 0.002
     sigma_max: float = 700.0
     rho: float = 7.0
-    cfg_lo: float = 1.0
-    """Guidance at the first (frame, view) latent; rises linearly to cfg_hi along views and time."""
-    cfg_hi: float = 2.0
+    guidance: Literal["linear", "spatiotemporal"] = "linear"
+    """CFG schedule over the (frame, view) latents: linear (4-view release: cfg_min at the first latent rising
+    to cfg_max along views and time) or spatiotemporal (8-view release, 1.5 -> 2.5, highest at the middle
+    views and the last frames)."""
+    cfg_min: float = 1.0
+    cfg_max: float = 2.0
     cond_aug: float = 1e-5
     """Noise sigma of the conditioning latents (the release's)."""
     seed: int = 23
@@ -449,6 +460,10 @@ class SampleConfig:
             raise ValueError("sample.start_step > 0 needs sample.init_images (the images to start from)")
         if not 0.0 < self.crop_fill <= 1.0:
             raise ValueError(f"sample.crop_fill must lie in (0, 1], got {self.crop_fill}")
+        if not 0 < self.cfg_min <= self.cfg_max:
+            raise ValueError(f"sample needs 0 < cfg_min <= cfg_max, got {self.cfg_min}, {self.cfg_max}")
+        if self.cond_aug < 0:
+            raise ValueError(f"sample.cond_aug must be >= 0, got {self.cond_aug}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError("sample.sigma_min must be positive and below sigma_max")
         if self.frame_stride < 1 or self.num_frames < 0:

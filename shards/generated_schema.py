@@ -58,7 +58,7 @@ REQUIRED_META = (
     "checkpoint",
     "seed",
 )
-PROVENANCE = ("checkpoint", "seed", "num_steps", "cfg_lo", "cfg_hi")
+PROVENANCE = ("checkpoint", "seed", "num_steps", "guidance", "cfg_min", "cfg_max")
 
 
 def image_field(view: int, frame: int) -> str:

@@ -105,3 +105,21 @@ def test_selective_composes_with_regional_compile():
     # One graph per (policy, region, shape), shared by all blocks of that shape (as for full checkpointing):
     # tiny has 7 ResBlock shapes and 2 transformer resolutions x 3 steps.
     assert counters["stats"]["unique_graphs"] == 2 * (7 + 2 * 3)
+
+
+@pytest.mark.parametrize("mode", ["snapshot", "views"])
+def test_attention_policy_follows_the_camera_mode(mode):
+    """In the released layouts the camera attention has V keys: the "attention" policy recomputes it and
+    keeps only the long spatial self-attentions (16x16 = 256 keys here); same outputs and gradients."""
+    net = random_model(camera_attention=mode).train()
+    kw = inputs(1, 1, 4, 16)
+    o_full, g_full, _ = run(net, kw, "full")
+    net.checkpoint_policy = "attention"
+    net.zero_grad(set_to_none=True)
+    out = net(**kw)
+    with CountAttention() as count:
+        (out**2).mean().backward()
+    torch.testing.assert_close(out.detach(), o_full, rtol=0, atol=0)
+    assert_same_grads({n: p.grad for n, p in net.named_parameters() if p.grad is not None}, g_full, 1e-6)
+    assert 4 in count.keys  # the camera attention (V = 4 keys) is recomputed
+    assert max(count.keys) < LONG_ATTENTION_KEYS  # the 256-key spatial attentions are kept

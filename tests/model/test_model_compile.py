@@ -31,12 +31,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def eager_and_compiled() -> tuple[torch.nn.Module, torch.nn.Module, int]:
+def eager_and_compiled(**cfg_changes) -> tuple[torch.nn.Module, torch.nn.Module, int]:
     """A fresh Dynamo state, a random tiny network in train mode, and a copy of it with ``compile_blocks``
     (``aot_eager``) applied; returns (eager, compiled copy, regions wrapped)."""
     torch._dynamo.reset()
     counters.clear()
-    ref = random_model().train()
+    ref = random_model(**cfg_changes).train()
     net = copy.deepcopy(ref)
     return ref, net, compile_blocks(net, backend="aot_eager")
 
@@ -84,3 +84,15 @@ def test_bad_arguments():
         compile_blocks(net, mode="fastest")
     with pytest.raises(ValueError, match="min_tokens"):
         compile_blocks(net, min_tokens=-1)
+
+
+@pytest.mark.slow
+def test_regional_compile_in_the_released_camera_layout():
+    """The snapshot layout's token regrouping compiles without graph breaks; same function as eager."""
+    ref, net, _ = eager_and_compiled(camera_attention="snapshot")
+    kw = inputs(1, 2, 4, 8)
+    o_ref, g_ref = loss_and_grads(ref, kw, True)
+    o, g = loss_and_grads(net, kw, True)
+    assert rel(o, o_ref) < 1e-5 and sum(counters["graph_break"].values()) == 0
+    flat, flat_ref = (torch.cat([d[k].flatten() for k in sorted(d)]) for d in (g, g_ref))
+    assert rel(flat, flat_ref) < 1e-5

@@ -136,7 +136,7 @@ def test_tiny_round_trip_through_official_layout(tmp_path):
     official.update(EXTRA_KEYS)
     path = tmp_path / "sv4d2.safetensors"
     save_file(official, str(path))
-    loaded, rep = convert.load_unet_from_official(path, TINY)
+    loaded, rep = convert.load_unet_from_official(path, TINY, camera_attention="paper")
     assert rep.source == "sv4d2" and rep.unused == [] and rep.missing == [] and rep.initialized_new == []
     assert rep.other_groups == {"clip": 1, "vae_decoder": 1, "vae_encoder": 1, "vae_encoder_duplicates": 1}
     kw = tiny_inputs()
@@ -222,7 +222,7 @@ def test_cli_writes_weights_config_and_report(tmp_path, capsys):
 
     from model.config import load_config
 
-    assert load_config(out) == TINY
+    assert load_config(out) == TINY.replace(camera_attention="snapshot")  # the release's layout
     weights = load_file(str(out / convert.MODEL_FILE))
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     report = json.loads((out / convert.REPORT_FILE).read_text())
@@ -231,3 +231,40 @@ def test_cli_writes_weights_config_and_report(tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert.main(["--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(out)])
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_camera_attention_follows_the_file_and_the_override(tmp_path):
+    """sv4d2 files convert to the release's layout (snapshot; views for *8views*), sv3d_p to the config's
+    (paper); --camera-attention overrides; config.json and the report name the mode."""
+    from safetensors.torch import load_file
+
+    from model.config import load_config
+
+    model = random_tiny()
+    official = {convert.ours_to_official(k): v for k, v in model.state_dict().items()}
+    for name, mode in (("sv4d2.safetensors", "snapshot"), ("sv4d2_8views.safetensors", "views")):
+        save_file(official, str(tmp_path / name))
+        out = tmp_path / f"out-{mode}"
+        argv = ["--checkpoint", str(tmp_path / name), "--out", str(out), "--config", "tiny"]
+        assert convert.main(argv) == 0
+        assert load_config(out).camera_attention == mode
+        assert json.loads((out / convert.REPORT_FILE).read_text())["camera_attention"] == mode
+        assert convert.resolve_camera_attention("auto", tmp_path / name) == mode
+        assert convert.resolve_camera_attention("auto", out) == mode  # our folder: its config.json
+        assert convert.main([*argv, "--camera-attention", "paper"]) == 0
+        assert load_config(out).camera_attention == "paper"
+        assert torch.equal(load_file(str(out / convert.MODEL_FILE))["out.2.bias"], model.out[2].bias)
+    assert convert.resolve_camera_attention("auto", "") == "paper"
+    assert convert.resolve_camera_attention("views", "") == "views"
+    with pytest.raises(ValueError, match="camera_attention"):
+        convert.resolve_camera_attention("3d", "")
+    source = random_tiny(1)
+    sv3d = {
+        convert.ours_to_official(k, "sv3d_p"): v
+        for k, v in source.state_dict().items()
+        if k not in set(source.frame_attention_parameter_names())
+    }
+    save_file(sv3d, str(tmp_path / "sv3d_p.safetensors"))
+    assert convert.resolve_camera_attention("auto", tmp_path / "sv3d_p.safetensors") == "paper"
+    _, rep = convert.load_unet_from_official(tmp_path / "sv3d_p.safetensors", TINY)
+    assert rep.camera_attention == "paper" and "sv3d_p" in rep.camera_attention_reason

@@ -269,26 +269,43 @@ def test_embeddings_known_values():
     torch.testing.assert_close(azim, torch.tensor([0.0, 2 * math.pi - 0.5]))
 
 
-def test_flop_count_attention_split_and_official_anchor():
+@pytest.mark.parametrize("mode", ["paper", "snapshot", "views"])
+def test_flop_count_attention_split_follows_the_camera_mode(mode):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model.flops import _meta_inputs, attention_core_flops, count_flops
+    from model.flops import _meta_inputs, attention_core_flops
 
+    cfg = TINY.replace(camera_attention=mode)
     with torch.device("meta"):
-        model = SV4D2UNet(TINY)
+        model = SV4D2UNet(cfg)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(**_meta_inputs(TINY, 2, 3, 4, 8, 8, False))
-    core = attention_core_flops(TINY, 2, 3, 4, 8, 8)
+        model(**_meta_inputs(cfg, 2, 3, 4, 8, 8, False))
+    core = attention_core_flops(cfg, 2, 3, 4, 8, 8)
     # On the meta device SDPA runs as two bmm per attention: the analytic cores must account for all of them
     # (the one-key cross-attentions run no attention core).
     bmm = fc.get_flop_counts()["Global"][torch.ops.aten.bmm]
     assert bmm == core["spatial"] + core["3d"] + core["frame"]
+    # The camera cores: B*F sequences of V*HW tokens (paper) or B*F*HW sequences of V tokens.
+    hw_tokens = [64, 64, 64, 16, 16, 16, 16]  # tiny: 2 + 3 transformers at 8x8 (level 0), 2 at 4x4 (level 1)
+    chans = [32, 32, 32, 64, 64, 64, 64]
+    seq = [(6, 4 * hw) if mode == "paper" else (6 * hw, 4) for hw in hw_tokens]
+    assert core["3d"] == sum(4.0 * s * n * n * c for (s, n), c in zip(seq, chans, strict=True))
+
+
+def test_flop_count_official_anchor_in_every_mode():
+    from model.flops import count_flops
+
     # Full size, one guidance-batched window (96 latents at 72x72): ~206 TFLOP with the snapshot's grouping.
-    rep = count_flops("sv4d2", batch=2, frames=12, views=4, latent_hw=(72, 72))
-    assert abs(rep.snapshot_equivalent / 206e12 - 1) < 0.03
-    assert rep.forward == pytest.approx(
-        rep.snapshot_equivalent + rep.attention_3d - rep.cross_skipped, rel=1e-3
-    )
+    reps = {m: count_flops("sv4d2", 2, 12, 4, (72, 72), camera_attention=m) for m in ("paper", "snapshot")}
+    snap, paper = reps["snapshot"], reps["paper"]
+    assert abs(snap.snapshot_equivalent / 206e12 - 1) < 0.03
+    assert snap.snapshot_equivalent == snap.forward + snap.cross_skipped
+    assert paper.snapshot_equivalent == snap.snapshot_equivalent
+    assert paper.camera_attention == "paper" and paper.forward > snap.forward + 0.9 * paper.attention_3d
+    # The "attention" checkpoint policy keeps the long attentions: the paper camera attention (V*HW keys)
+    # and the spatial ones at 72x72 / 36x36 / 18x18, never the snapshot's V-key camera attention.
+    assert paper.attention_saved == pytest.approx(paper.attention_spatial + paper.attention_3d, rel=1e-3)
+    assert snap.attention_saved == pytest.approx(snap.attention_spatial, rel=1e-3)
 
 
 @pytest.mark.parametrize("block_cls", ["BasicTransformerBlock", "TimeMixBlock"])
@@ -339,3 +356,104 @@ def test_one_token_shortcut_is_not_taken_while_output_dropout_is_active():
     attn.eval()
     with pytest.raises(AssertionError, match="shortcut taken"):
         A.cross_attention_residual(attn, norm, x, ctx)
+
+
+def test_camera_mlp_reads_the_unet_embedding_at_frame_0_of_each_view():
+    """The release feeds time_mix_time_embed emb = time_embed(t_emb(c_noise)) + label_emb(vector) at frame 0
+    of each view: (B, V, 4*mc), time dependent; cameras of later frames do not reach it."""
+    from model.embeddings import camera_vector
+
+    model = random_model()
+    kw = inputs(b=2, f=3, v=4)
+    seen = []
+    t = next(iter(model.transformers()))
+    hook = t.time_mix_time_embed.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    try:
+        run(model, **kw)
+        b, f, v = 2, 3, 4
+        vec = camera_vector(
+            kw["polar_rad"], kw["azimuth_rad"], kw["cond_sigma"][:, None, None], 16, 32
+        )  # TINY: sigma 16, angles 32
+        t_emb = timestep_embedding(kw["timesteps"][:, None, None].expand(b, f, v), TINY.model_channels)
+        with torch.no_grad():
+            emb = model.time_embed(t_emb) + model.label_emb(vec)
+        assert seen[0].shape == (b, v, TINY.time_embed_dim)
+        torch.testing.assert_close(seen[0], emb[:, 0], rtol=1e-5, atol=1e-6)
+        # Later frames' cameras change the label embedding of their latents, not the camera MLP's input.
+        kw2 = {**kw, "polar_rad": kw["polar_rad"].clone()}
+        kw2["polar_rad"][:, 1:] += 0.3
+        run(model, **kw2)
+        assert torch.equal(seen[-1], seen[0])
+        run(model, **{**kw, "timesteps": kw["timesteps"] + 1.0})  # the diffusion time reaches it
+        assert not torch.allclose(seen[-1], seen[0])
+    finally:
+        hook.remove()
+
+
+def test_cond_sigma_mask_zeroes_the_sigma_embedding_only():
+    model = random_model()
+    kw = inputs(b=2)
+    base = run(model, **kw)
+    assert torch.equal(run(model, **kw, cond_sigma_mask=torch.ones(2)), base)
+    dropped = run(model, **kw, cond_sigma_mask=torch.tensor([1.0, 0.0]))
+    assert torch.equal(dropped[0], base[0]) and not torch.allclose(dropped[1], base[1], atol=1e-4)
+    # Masked, cond_sigma no longer matters; the cameras still do.
+    other = run(model, **{**kw, "cond_sigma": kw["cond_sigma"] + 3.0}, cond_sigma_mask=torch.zeros(2))
+    torch.testing.assert_close(other, run(model, **kw, cond_sigma_mask=torch.zeros(2)), rtol=0, atol=0)
+    moved = run(model, **{**kw, "azimuth_rad": kw["azimuth_rad"] + 0.5}, cond_sigma_mask=torch.zeros(2))
+    assert not torch.allclose(moved, other, atol=1e-4)
+    with pytest.raises(ValueError, match="cond_sigma_mask"):
+        model(**kw, cond_sigma_mask=torch.ones(3))
+
+
+def test_camera_sequences_known_layout_and_inverse():
+    """Tokens labelled by (b, f, v, pixel): each mode's sequences hold the documented tokens, each with the
+    documented CLIP frame, and camera_tokens undoes the rearrangement exactly."""
+    from model.blocks import camera_sequences, camera_tokens
+
+    b, f, v, hw = 2, 3, 2, 4
+    grid = torch.stack(
+        torch.meshgrid(*(torch.arange(n) for n in (b, f, v, hw)), indexing="ij"), dim=-1
+    ).float()  # (b, f, v, hw, 4): channel = (b, f, v, pixel)
+    clip = torch.stack(
+        torch.meshgrid(torch.arange(b), torch.arange(f), indexing="ij"), -1
+    ).float()  # (b, f, 2)
+    for mode in ("paper", "views", "snapshot"):
+        seqs, ctx = camera_sequences(grid, clip, mode)
+        assert torch.equal(camera_tokens(seqs, b, f, v, hw, mode), grid.reshape(b * f * v, hw, 4))
+        assert seqs.shape[0] == ctx.shape[0] and ctx.shape[1] == 1
+        for s in range(seqs.shape[0]):
+            tok, (cb, cf) = seqs[s], ctx[s, 0]
+            assert (tok[:, 0] == cb).all()  # never across batch elements
+            if mode == "paper":  # every view and pixel of one frame, that frame's CLIP
+                assert seqs.shape[1] == v * hw and (tok[:, 1] == cf).all()
+            elif mode == "views":  # the V views of one (frame, pixel), that frame's CLIP
+                assert tok[:, 2].tolist() == list(range(v)) and (tok[:, 1] == cf).all()
+                assert (tok[:, 3] == tok[0, 3]).all()
+            else:  # V consecutive (view, pixel) rows at one frame; CLIP frame floor((g*F + s) / HW)
+                g, frame = (s % (hw * f)) // f, s % f
+                rows = [(int(t[2]) * hw + int(t[3])) for t in tok]
+                assert rows == list(range(g * v, g * v + v)) and (tok[:, 1] == frame).all()
+                assert cf == (g * f + frame) // hw
+    with pytest.raises(ValueError, match="camera_attention"):
+        camera_sequences(grid, clip, "bogus")
+
+
+@pytest.mark.parametrize("mode", ["snapshot", "views"])
+def test_released_camera_modes_run_and_differ_from_paper(mode):
+    paper = random_model()
+    other = random_model(camera_attention=mode)
+    assert other.config.camera_attention == mode
+    other.load_state_dict(paper.state_dict())  # same parameters in every mode
+    kw = inputs()
+    out = run(other, **kw)
+    assert out.shape == (1, 3, 4, 4, 8, 8) and torch.isfinite(out).all()
+    assert not torch.allclose(out, run(paper, **kw), atol=1e-4)
+
+
+def test_camera_attention_is_validated_and_saved(tmp_path):
+    cfg = TINY.replace(camera_attention="views")
+    save_config(cfg, tmp_path)
+    assert load_config(tmp_path).camera_attention == "views"
+    with pytest.raises(ValueError, match="camera_attention"):
+        TINY.replace(camera_attention="3d")

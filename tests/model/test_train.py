@@ -100,6 +100,54 @@ def test_tiny_model_overfits_one_sample():
     assert losses[-1] < losses[0] / 10, losses[::10]
 
 
+def test_condition_dropout_is_the_release_unconditional_branch():
+    """A dropped example sees what the sampler's unconditional branch sees (model.edm.drop_conditions):
+    no conditioning latents, CLIP, reference views or conditioning-sigma embedding, the cameras kept. So its
+    loss cannot depend on any of them, cond_aug included (its sigma embedding is zeroed too)."""
+    torch.manual_seed(0)
+    net = build_unet("tiny").eval()
+    with torch.no_grad():
+        for p in net.parameters():  # every parameter random: the default init's zeros would hide inputs
+            p.normal_(0.0, 0.2)
+    train, stage = TrainConfig(cond_drop_prob=0.0), StageConfig(num_views=2, num_frames=2, ref_mask_prob=0.0)
+    examples = []
+    for i in range(2):
+        ex = build_example(
+            synthetic_latent_sample(f"s{i}", clip_dim=32), train, stage, np.random.default_rng(i)
+        )
+        noise = draw_noise(
+            ex["latents"].shape, ex["cond_latents"].shape, train, stage, torch.Generator().manual_seed(i)
+        )
+        examples.append(to_tensors(ex, noise))
+    batch = collate(examples)
+    batch["drop_cond"] = torch.tensor([False, True])
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        _, per_sample = training_loss(net, batch, cpu)
+        changed = dict(batch)
+        for key in ("cond_latents", "clip", "ref_latents", "cond_noise"):
+            changed[key] = batch[key] + torch.randn_like(batch[key])
+        changed["cond_aug"] = batch["cond_aug"] + 0.7
+        _, per_sample2 = training_loss(net, changed, cpu)
+        assert per_sample2[1] == per_sample[1]  # dropped: none of the conditions reach the network
+        assert per_sample2[0] != per_sample[0]  # kept: they do
+        polar = dict(batch, polar=batch["polar"] + 0.3)
+        assert training_loss(net, polar, cpu)[1][1] != per_sample[1]  # the cameras stay in
+
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, c_noise, **kw):
+            seen.update(kw)
+            return torch.zeros_like(x)
+
+    training_loss(Recorder(), batch, cpu)
+    assert seen["cond_sigma_mask"].tolist() == [1.0, 0.0]
+    assert seen["ref_mask"].tolist() == [1.0, 0.0]
+    assert not seen["cond_latent"][1].any() and not seen["clip_emb"][1].any()
+    assert seen["cond_latent"][0].any() and seen["clip_emb"][0].any()
+
+
 def test_n_steps_equal_half_resume_half(tmp_path, shard_glob):
     full = run_stage(make_cfg(tmp_path / "full", shard_glob, steps=4), "4d")
     assert full.final_step == 4 and len(full.losses) == 4
