@@ -4,8 +4,8 @@ curation.encode_latents reads render PNGs by byte range, model.data reads latent
 
 The rule is webdataset's: a member ``dir/key.field.ext`` belongs to sample ``dir/key`` as field
 ``field.ext`` (the key ends at the first dot of the base name); the members of one sample are consecutive.
-A key that comes back later (a split or duplicated sample) or a field given twice is a problem of that
-sample alone: it is rejected with its reason and the first occurrence and every other sample are kept.
+A key that comes back later (a split or duplicated sample) or a field given twice starts a copy of that
+sample: the copy is rejected with its reason, the first occurrence and every other sample are kept.
 A shard is complete only with its end-of-archive marker and, where its stage wrote a manifest, as many
 samples as the manifest says: a tar cut exactly between two samples reads as an error, not a smaller shard.
 """
@@ -62,8 +62,8 @@ class TarIndex:
     entries: list[SampleEntry] = field(default_factory=list)
     """The samples to read, in tar order."""
     rejected: list[tuple[str, str]] = field(default_factory=list)
-    """(key, reason) of the samples left out by themselves: a key seen before in the tar (the first
-    occurrence is kept), a field given twice. The other samples of the shard are unaffected."""
+    """(key, reason) of the copies left out: a key seen before in the tar, or a field given twice (the
+    first copy is kept). The other samples of the shard are unaffected."""
     error: str | None = None
     """Set when the tar itself is damaged or incomplete (names the file); `entries` are the samples before
     the damage."""
@@ -117,14 +117,14 @@ def index_tar(path: str | Path) -> TarIndex:
     try:
         with tarfile.open(path, mode="r:") as tar:
             for k, name, m in iter_members(tar):
-                if k != key:
+                # a field that comes again starts another copy of the sample (a key written twice in a
+                # row); a key that comes back after another sample is a copy too
+                if k != key or any(name == f for f, _, _ in members):
                     close_run()
                     key, members, problem = k, [], None
                     if k in seen:
-                        problem = "duplicate sample key (an earlier sample of the shard has it: kept)"
+                        problem = f"duplicate sample key (from its field {name!r} on; the first copy is kept)"
                     seen.add(k)
-                if problem is None and any(name == f for f, _, _ in members):
-                    problem = f"duplicate field {name!r}"
                 members.append((name, m.offset_data, m.size))
             end = tar.offset
         close_run()
