@@ -1,4 +1,4 @@
-"""Issue 13 on the shard side: completeness (inspect), malformed and oversized meta.json, abort on a full disk."""
+"""Issue 13, shard side: completeness (inspect), malformed and oversized meta.json, abort on a full disk."""
 
 from __future__ import annotations
 
