@@ -35,6 +35,10 @@ META_FILE = "meta.json"
 LATEST = "latest"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that must not or cannot be loaded (the message names its file)."""
+
+
 def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
 
@@ -138,6 +142,10 @@ def _numpy_globals() -> list[Any]:
     return names
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
 def load_train_state(ckpt: str | Path) -> dict[str, Any]:
     """The trainer state of a checkpoint, loaded with ``weights_only=True``: unpickling builds tensors,
     plain containers and the allow-listed numpy types only, so a crafted file cannot run code."""
@@ -146,12 +154,13 @@ def load_train_state(ckpt: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
-            f"{path}: refused to load, it holds more than tensors and plain data ({first})"
+        raise CheckpointError(
+            f"{path}: refused to load, it holds more than tensors and plain data ({_first_line(exc)})"
         ) from exc
+    except (RuntimeError, EOFError) as exc:  # not a torch file, or a damaged one
+        raise CheckpointError(f"{path}: unreadable ({_first_line(exc)})") from exc
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a dict of trainer state, got {type(state).__name__}")
+        raise CheckpointError(f"{path}: expected a dict of trainer state, got {type(state).__name__}")
     return state
 
 

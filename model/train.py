@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from model.checkpoint import (
+    CheckpointError,
     claim_stage_dir,
     is_official_file,
     latest_checkpoint,
@@ -36,7 +37,7 @@ from model.checkpoint import (
     resolve_checkpoint,
 )
 from model.config import UNetConfig, get_config, save_config
-from model.data import SkipRecord, expand_urls, make_loader
+from model.data import DataError, SkipRecord, expand_urls, make_loader
 from model.distributed import DistInfo, init_distributed
 from model.dtypes import torch_dtype
 from model.ema import EMA
@@ -426,9 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from profiles.load import profile_from_args
+    from profiles.loader import ConfigError
 
     args = build_parser().parse_args(argv)
-    cfg = profile_from_args(args)
+    try:
+        cfg = profile_from_args(args)
+    except ConfigError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
     di = init_distributed(cfg.train.device)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.INFO if di.is_main else logging.WARNING),
@@ -464,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
                     res.bad_steps,
                     res.checkpoint,
                 )
+    except (ConfigError, DataError, CheckpointError, FileExistsError, FileNotFoundError) as exc:
+        # the user's data, settings or folders: one line naming the thing to fix, no traceback
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
