@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(PY) -m curation.report outputs/$(PROFILE)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD) --set render.mode=static
-	$(PY) -m model.train --profile $(PROFILE)
+	$(PY) -m model.train --profile $(PROFILE) --resume
 	@echo "demo done: outputs/$(PROFILE)/{renders,latents,contact_sheets,report,checkpoints}"
 
 render: $(STAMP)
