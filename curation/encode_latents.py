@@ -330,6 +330,9 @@ def pending_shards(out_dir: str | Path, shards: Sequence[int] | None = None) -> 
 
 def _init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # no usage report and no cloud-metadata probes by default (as curation.render); RAY_USAGE_STATS_ENABLED=1
+    # in the environment turns them back on
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if not ray.is_initialized():

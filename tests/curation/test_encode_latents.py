@@ -243,3 +243,19 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         assert main([*argv, "--no-progress"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("encode_latents: error:") and match in err[0], err
+
+
+def test_ray_usage_stats_are_off_unless_asked(monkeypatch):
+    # item 12 for the latent stage's own ray.init (the render stage's is i14's)
+    import ray
+
+    from curation import encode_latents as stage
+
+    seen = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(os.environ.get("RAY_USAGE_STATS_ENABLED")))
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    stage._init_ray()
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    stage._init_ray()
+    assert seen == ["0", "1"]
