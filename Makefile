@@ -29,10 +29,10 @@ demo: $(STAMP)
 	$(PY) -m curation.report outputs/$(PROFILE)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD) --set render.mode=static
-	$(PY) -m model.train --profile $(PROFILE)
+	$(PY) -m model.train --profile $(PROFILE) --resume
 	$(PY) -m model.sample outputs/$(PROFILE)/renders/shard-$(SHARD6).tar --profile $(PROFILE)
 	$(PY) -m evaluation.run --profile $(PROFILE) --no-progress
-	@echo "demo done: outputs/$(PROFILE)/{renders,latents,contact_sheets,report,checkpoints,evaluation}"
+	@echo "demo done: outputs/$(PROFILE)/{renders,latents,contact_sheets,report,checkpoints,samples,evaluation}"
 
 render: $(STAMP)
 	$(PY) -m curation.render --profile $(PROFILE) --shard $(SHARD)

@@ -81,11 +81,14 @@ def index_render_shard(path: str | Path) -> ShardIndex:
     """Check each sample's metadata and cameras (not the PNG bytes) and list its images' byte ranges."""
     path = Path(path)
     index = ShardIndex(number=shard_number(path), path=path)
-    entries, error = index_tar(path)
-    if error:
-        log.error(error)
-        index.failures.append({"uid": "", "reason": "unreadable_tar", "detail": error, "num_images": 0})
-    for entry in entries:
+    tar = index_tar(path)
+    if tar.error:  # damaged or incomplete: the samples before the damage are still encoded
+        log.error(tar.error)
+        index.failures.append({"uid": "", "reason": "unreadable_tar", "detail": tar.error, "num_images": 0})
+    for key, why in tar.rejected:  # a duplicated key: the first occurrence is among the entries
+        log.warning("%s: skipping sample %s: %s", path.name, key, why)
+        index.failures.append({"uid": key, "reason": "schema", "detail": why, "num_images": 0})
+    for entry in tar.entries:
         fields = entry.fields()
         try:
             raw = read_entry(entry, [name for name in fields if name.endswith(SMALL_SUFFIXES)])
@@ -327,6 +330,9 @@ def pending_shards(out_dir: str | Path, shards: Sequence[int] | None = None) -> 
 
 def _init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # no usage report and no cloud-metadata probes by default (as curation.render); RAY_USAGE_STATS_ENABLED=1
+    # in the environment turns them back on
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if not ray.is_initialized():
@@ -355,6 +361,13 @@ def encode_latents(
     # the static (orbit-only) dataset has its own tree; the tiny encoders stay shared under cfg.out_dir
     out_dir = dataset_dir(cfg.out_dir, cfg.render.mode)
     enc_cfg = cfg.encode
+    if not Path(cfg.out_dir).is_dir():
+        raise NotADirectoryError(f"out_dir {cfg.out_dir} is not a folder (set it with --set out_dir=...)")
+    if not render_shards(out_dir):
+        raise FileNotFoundError(
+            f"no render shards under {render_shard_path(out_dir, 0).parent}: render them first "
+            "(python -m curation.render) or fix out_dir / render.mode"
+        )
     todo, done = pending_shards(out_dir, shards)
     for p in done:
         log.info("skipping %s: latent shard already complete", p.name)
@@ -427,6 +440,7 @@ def encode_latents(
 
 def main(argv: Sequence[str] | None = None) -> int:
     from profiles.load import add_profile_args, profile_from_args
+    from profiles.loader import ConfigError
 
     parser = argparse.ArgumentParser(
         prog="python -m curation.encode_latents",
@@ -445,8 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = profile_from_args(args)
-    summaries = encode_latents(cfg, args.shard, progress=not args.no_progress)
+    try:
+        cfg = profile_from_args(args)
+        summaries = encode_latents(cfg, args.shard, progress=not args.no_progress)
+    except (ConfigError, OSError, ValueError) as exc:  # bad settings or inputs: one line, no traceback
+        print(f"encode_latents: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"shards": summaries}, indent=1))
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ EMA_FILE = "ema.safetensors"
 STATE_FILE = "train_state.pt"
 META_FILE = "meta.json"
 LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that must not or cannot be loaded (the message names its file)."""
 
 
 def step_dir_name(step: int) -> str:
@@ -92,6 +97,28 @@ def list_checkpoints(stage_dir: str | Path) -> list[Path]:
     return sorted(d for d in dirs if (d / STATE_FILE).is_file())
 
 
+def claim_stage_dir(stage_dir: str | Path, overwrite: bool, remove: bool = True) -> None:
+    """Before a fresh (not resumed) run of a stage: refuse a folder holding another run's checkpoints, or with
+    ``overwrite`` remove them (only checkpoints and the `latest` pointer). Left in place they would outrank
+    the new run's checkpoints: pruning would delete the new ones and `--resume` would pick the old run.
+    ``remove=False``: check only (the ranks of a distributed run other than the one that removes)."""
+    stage_dir = Path(stage_dir)
+    old = list_checkpoints(stage_dir)
+    if not old:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{stage_dir} holds checkpoints of another run (up to {old[-1].name}): pass --resume to continue "
+            "it or --overwrite to replace it"
+        )
+    if not remove:
+        return
+    for path in [*old, *stage_dir.glob("step_*.partial")]:
+        shutil.rmtree(path)
+    (stage_dir / LATEST).unlink(missing_ok=True)
+    log.warning("--overwrite: removed %d checkpoints of an earlier run from %s", len(old), stage_dir)
+
+
 def latest_checkpoint(stage_dir: str | Path) -> Path | None:
     """The checkpoint named by `latest` (or the newest complete one), None if the stage has none."""
     stage_dir = Path(stage_dir)
@@ -104,9 +131,37 @@ def latest_checkpoint(stage_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def _numpy_globals() -> list[Any]:
+    """What the numpy RNG state in train_state.pt pickles as (an array of uint32 and numpy scalars): the only
+    classes besides torch's own and plain containers that the restricted unpickler may build."""
+    import numpy as np
+
+    multiarray = np.core.multiarray  # numpy 1.x path of the reconstructors (bpy pins numpy 1.26)
+    names = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    names += [type(np.dtype(t)) for t in (np.uint32, np.float64, np.int64, np.float32, np.bool_)]
+    return names
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
 def load_train_state(ckpt: str | Path) -> dict[str, Any]:
-    # weights_only=False: the state holds numpy RNG state tuples and plain config dicts that we wrote.
-    return torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=False)
+    """The trainer state of a checkpoint, loaded with ``weights_only=True``: unpickling builds tensors,
+    plain containers and the allow-listed numpy types only, so a crafted file cannot run code."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load, it holds more than tensors and plain data ({_first_line(exc)})"
+        ) from exc
+    except (RuntimeError, EOFError) as exc:  # not a torch file, or a damaged one
+        raise CheckpointError(f"{path}: unreadable ({_first_line(exc)})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of trainer state, got {type(state).__name__}")
+    return state
 
 
 def is_official_file(path: str | Path) -> bool:

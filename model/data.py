@@ -30,7 +30,9 @@ reseeded from (seed, step, rank), so no example is replayed in order, but the ex
 from __future__ import annotations
 
 import glob
+import json
 import logging
+import os
 import random
 import re
 from collections.abc import Iterator, Sequence
@@ -43,8 +45,14 @@ import torch
 from model.edm import bernoulli, sample_cond_aug, sample_lognormal
 from model.embeddings import relative_polar_azimuth
 from profiles.schema import StageConfig, TrainConfig
-from shards.index import SampleEntry, index_shards, read_entry
-from shards.latent_schema import LatentSample, decode_latent_sample, draw_posterior_latents
+from shards.index import SampleEntry, index_tar, read_entry
+from shards.latent_schema import (
+    NPY_HEADER_BYTES,
+    LatentSample,
+    check_latent_headers,
+    decode_latent_sample,
+    draw_posterior_latents,
+)
 from shards.render_schema import SchemaError
 
 log = logging.getLogger(__name__)
@@ -202,38 +210,156 @@ def example_generators(seed: int, index: int) -> tuple[np.random.Generator, torc
     return np.random.default_rng(np_seed), gen
 
 
+class DataError(ValueError):
+    """The training data cannot be used as a whole: a damaged shard, samples of different sizes, or more bad
+    samples than ``train.max_bad_sample_fraction``."""
+
+
+class SkipRecord:
+    """The samples a run leaves out, as JSON lines ``{"shard", "key", "reason"}`` in a file beside the run
+    (``<out>/logs/train_<stage>/skipped_samples.jsonl``). Each sample is listed once per run, resumes
+    included; lines are appended whole, so DataLoader workers may add to it too."""
+
+    def __init__(self, path: str | Path | None, reset: bool = False) -> None:
+        self.path = Path(path) if path is not None else None
+        self.seen: set[tuple[str, str]] = set()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if reset:
+                self.path.unlink(missing_ok=True)
+            elif self.path.is_file():
+                for line in self.path.read_text().splitlines():
+                    try:
+                        row = json.loads(line)
+                        self.seen.add((row["shard"], row["key"]))
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line cut by a kill: the sample is listed again
+
+    def add(self, shard: str, key: str, reason: str) -> None:
+        log.warning("skipping latent sample %s of %s: %s", key, shard, reason)
+        if (shard, key) in self.seen:
+            return
+        self.seen.add((shard, key))
+        if self.path is not None:
+            line = json.dumps({"shard": shard, "key": key, "reason": reason}) + "\n"
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+
+def index_latent_samples(
+    urls: Sequence[str], skips: SkipRecord, max_bad_fraction: float
+) -> tuple[list[SampleEntry], int]:
+    """(the samples that pass the cheap checks, the number that failed them), in shard order.
+
+    Every shard is indexed and every sample checked once, up front, from its tar headers, its meta.json and
+    its arrays' .npy headers (`shards.latent_schema.check_latent_headers`; no array data is read). A bad
+    sample goes to ``skips``; a damaged or incomplete shard, samples of different latent sizes, or more than
+    ``max_bad_fraction`` bad samples raise DataError."""
+    entries: list[SampleEntry] = []
+    bad, first_size = 0, None
+    for url in urls:
+        tar = index_tar(url)
+        if tar.error:
+            raise DataError(f"latent shard {url}: {tar.error}")
+        for key, why in tar.rejected:
+            skips.add(url, key, why)
+            bad += 1
+        for entry in tar.entries:
+            try:
+                raw = read_entry(entry, ["meta.json"])
+                arrays = [name for name in entry.fields() if name.endswith(".npy")]
+                raw.update(read_entry(entry, arrays, max_bytes=NPY_HEADER_BYTES))
+                size = check_latent_headers(raw)
+            except SchemaError as exc:
+                skips.add(url, entry.key, str(exc))
+                bad += 1
+                continue
+            if first_size is None:
+                first_size = (size, url, entry.key)
+            elif size != first_size[0]:
+                raise DataError(
+                    f"latent samples of different sizes: {first_size[1]}:{first_size[2]} has latents "
+                    f"{first_size[0][:3]} and CLIP dim {first_size[0][3]}, {url}:{entry.key} has "
+                    f"{size[:3]} and {size[3]} (shards rendered or encoded at different resolutions?)"
+                )
+            entries.append(entry)
+    check_bad_fraction(bad, bad + len(entries), max_bad_fraction, skips)
+    return entries, bad
+
+
+def check_bad_fraction(bad: int, total: int, max_fraction: float, skips: SkipRecord) -> None:
+    if total and bad > max_fraction * total:
+        raise DataError(
+            f"{bad} of {total} latent samples are bad (train.max_bad_sample_fraction={max_fraction}); "
+            f"they are listed in {skips.path}"
+        )
+    if not total:
+        raise DataError("no samples in the latent shards")
+
+
 class IndexedLatentDataset(torch.utils.data.Dataset):
     """Example g = f(seed, g): an object drawn with replacement, then its views/frames/noise (see module doc).
 
-    `__len__` is nominal (2^62): the sampler, not the dataset, decides which g are drawn.
+    `__len__` is nominal (2^62): the sampler, not the dataset, decides which g are drawn. Samples are checked
+    up front by `index_latent_samples`; a sample whose values turn out bad when first decoded (NaN latents)
+    is recorded in ``skips`` and replaced by the next object drawn from the example's own generator, so the
+    example is still a pure function of (seed, g) and the data, and a resumed run passes it the same way.
     """
 
+    MAX_REDRAWS = 64
+
     def __init__(
-        self, urls: Sequence[str], train: TrainConfig, stage: StageConfig, seed: int = 0, cache_size: int = 0
+        self,
+        urls: Sequence[str],
+        train: TrainConfig,
+        stage: StageConfig,
+        seed: int = 0,
+        cache_size: int = 0,
+        skips: SkipRecord | None = None,
     ) -> None:
-        self.entries: list[SampleEntry] = index_shards(urls)
-        if not self.entries:
-            raise ValueError(f"no samples in {len(urls)} latent shards")
+        self.skips = skips or SkipRecord(None)
+        self.max_bad_fraction = train.max_bad_sample_fraction
+        self.entries, self.bad_indexed = index_latent_samples(urls, self.skips, self.max_bad_fraction)
         self.train, self.stage = train, stage
         self.seed = seed
         self.cache_size = cache_size
         self._cache: dict[int, LatentSample] = {}
+        self._bad: set[int] = set()
 
     def __len__(self) -> int:
         return 1 << 62
 
-    def load(self, i: int) -> LatentSample:
+    def load(self, i: int) -> LatentSample | None:
+        """The decoded sample ``i``, or None (recorded in the skip record) when its values are bad."""
         if i in self._cache:
             return self._cache[i]
-        sample = decode_latent_sample(read_entry(self.entries[i]))
+        if i in self._bad:
+            return None
+        entry = self.entries[i]
+        try:
+            sample = decode_latent_sample(read_entry(entry))
+        except (SchemaError, OSError) as exc:
+            self._bad.add(i)
+            self.skips.add(entry.path, entry.key, str(exc))
+            total = len(self.entries) + self.bad_indexed
+            check_bad_fraction(len(self._bad) + self.bad_indexed, total, self.max_bad_fraction, self.skips)
+            return None
         if len(self._cache) < self.cache_size:
             self._cache[i] = sample
         return sample
 
     def __getitem__(self, g: int) -> dict[str, Any]:
         rng, gen = example_generators(self.seed, int(g))
-        obj = int(rng.integers(len(self.entries)))
-        ex = build_example(self.load(obj), self.train, self.stage, rng)
+        for _ in range(self.MAX_REDRAWS):
+            sample = self.load(int(rng.integers(len(self.entries))))
+            if sample is not None:
+                break
+        else:
+            raise DataError(f"example {g}: {self.MAX_REDRAWS} draws in a row hit bad samples")
+        ex = build_example(sample, self.train, self.stage, rng)
         noise = draw_noise(ex["latents"].shape, ex["cond_latents"].shape, self.train, self.stage, gen)
         out = to_tensors(ex, noise)
         out["index"] = torch.tensor(int(g))
@@ -323,10 +449,13 @@ def make_loader(
     mode: str = "indexed",
     num_workers: int = 0,
     shuffle_buffer: int = 64,
+    skips: SkipRecord | None = None,
 ) -> torch.utils.data.DataLoader:
-    """An infinite DataLoader of collated example batches for one rank."""
+    """An infinite DataLoader of collated example batches for one rank; ``skips`` lists the bad samples
+    left out (indexed mode)."""
     if mode == "indexed":
-        ds = IndexedLatentDataset(urls, train, stage, seed, cache_size=256 if num_workers == 0 else 0)
+        cache = 256 if num_workers == 0 else 0
+        ds = IndexedLatentDataset(urls, train, stage, seed, cache_size=cache, skips=skips)
         sampler = StepSampler(batch_size, rank, world_size, start_micro_step)
         return torch.utils.data.DataLoader(
             ds,

@@ -28,6 +28,8 @@ import torch.distributed as dist
 from torch import nn
 
 from model.checkpoint import (
+    CheckpointError,
+    claim_stage_dir,
     is_official_file,
     latest_checkpoint,
     load_train_state,
@@ -36,7 +38,7 @@ from model.checkpoint import (
 )
 from model.config import UNetConfig, get_config, save_config
 from model.convert import resolve_camera_attention
-from model.data import expand_urls, make_loader
+from model.data import DataError, SkipRecord, expand_urls, make_loader
 from model.distributed import DistInfo, init_distributed
 from model.dtypes import torch_dtype
 from model.ema import EMA
@@ -212,6 +214,9 @@ def stage_loader(cfg: Any, stage: Any, di: DistInfo, start_step: int) -> tuple[l
     urls = expand_urls(stage.data, cfg.out_dir) if stage.data else []
     if not urls:
         raise ValueError(f"stage {stage.name} has no data: set train.stages[].data to latent shards")
+    # one record per run: a fresh stage starts it anew, a resume adds to it; rank 0 writes it
+    record = skip_record_path(cfg, stage.name) if di.is_main else None
+    skips = SkipRecord(record, reset=start_step == 0)
     loader = make_loader(
         urls,
         tcfg,
@@ -224,8 +229,14 @@ def stage_loader(cfg: Any, stage: Any, di: DistInfo, start_step: int) -> tuple[l
         mode=tcfg.data_mode,
         num_workers=tcfg.num_workers,
         shuffle_buffer=tcfg.shuffle_buffer,
+        skips=skips,
     )
     return urls, loader
+
+
+def skip_record_path(cfg: Any, stage: str) -> Path:
+    """The run's list of the latent samples it left out (model.data.SkipRecord), beside its metrics."""
+    return Path(cfg.out_dir) / "logs" / f"train_{stage}" / "skipped_samples.jsonl"
 
 
 def guard_step(state: TrainState, result: StepResult, max_bad_steps: int) -> None:
@@ -256,18 +267,25 @@ def run_stage(
     *,
     init_from: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     steps: int | None = None,
     dist_info: DistInfo | None = None,
 ) -> StageResult:
     """Train one stage of `cfg.train.stages` (a `profiles.schema.PipelineConfig`) and checkpoint it.
 
     init_from: checkpoint folder, safetensors file or stage name overriding the stage's init. resume: continue
-    from the stage's latest checkpoint. steps: override the stage's step count.
+    from the stage's latest checkpoint. overwrite: a fresh run may replace the checkpoints of an earlier run
+    (without it, or resume, a stage folder holding checkpoints is refused). steps: override the stage's step
+    count.
     """
     tcfg, stage = cfg.train, cfg.train.stage(stage_name)
     total_steps = stage.steps if steps is None else steps
     di = dist_info or init_distributed(tcfg.device)
     ckpt_root = Path(cfg.out_dir) / "checkpoints"
+    if not resume:  # every rank refuses alike; rank 0 alone removes
+        claim_stage_dir(ckpt_root / stage.name, overwrite, remove=di.is_main)
+        if di.distributed:
+            dist.barrier()
     unet_cfg, net = build_network(cfg.model, tcfg.seed, stage.name, di.device)
     resume_ckpt = latest_checkpoint(ckpt_root / stage.name) if resume else None
     if resume and resume_ckpt is None:
@@ -400,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(overrides the stage's init_from; ignored when --resume finds a checkpoint)",
     )
     p.add_argument("--resume", action="store_true", help="continue each stage from its latest checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the stage(s) afresh, removing an earlier run's checkpoints (without it or --resume, a "
+        "stage folder holding checkpoints is refused)",
+    )
     p.add_argument("--steps", type=int, default=None, help="override the step count of the stage(s)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -407,9 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from profiles.load import profile_from_args
+    from profiles.loader import ConfigError
 
     args = build_parser().parse_args(argv)
-    cfg = profile_from_args(args)
+    try:
+        cfg = profile_from_args(args)
+    except ConfigError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
     di = init_distributed(cfg.train.device)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.INFO if di.is_main else logging.WARNING),
@@ -430,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                 name,
                 init_from=args.init_from if (args.stage or name == names[0]) else None,
                 resume=args.resume,
+                overwrite=args.overwrite,
                 steps=args.steps,
                 dist_info=di,
             )
@@ -444,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
                     res.bad_steps,
                     res.checkpoint,
                 )
+    except (ConfigError, DataError, CheckpointError, FileExistsError, FileNotFoundError) as exc:
+        # the user's data, settings or folders: one line naming the thing to fix, no traceback
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

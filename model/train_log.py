@@ -2,6 +2,8 @@
 
 ``<out>/logs/train_<stage>/`` holds the TensorBoard events and ``metrics.jsonl`` (one line per logged step,
 appended across resumes; easy to read from scripts such as benchmarks/train_scaling.py). Only rank 0 logs.
+A run that starts at step s (a resume, or 0 for a fresh run) first drops what an earlier run logged after s:
+the steps it replays from the checkpoint appear once, with the replayed values, in both.
 """
 
 from __future__ import annotations
@@ -15,6 +17,21 @@ import numpy as np
 import torch
 
 from model.train_step import StepResult
+from shards.writer import atomic_write_bytes
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of a metrics.jsonl up to ``step`` (rewritten atomically; a torn last line goes too)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write_bytes(path, "".join(kept).encode())
 
 
 class TrainLogger:
@@ -42,7 +59,10 @@ class TrainLogger:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(log_dir))
+            log_dir.mkdir(parents=True, exist_ok=True)
+            drop_rows_after(self.metrics_path, start_step)
+            # TensorBoard's own mechanism: readers discard the earlier events at steps >= purge_step
+            self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1)
             if progress:
                 from tqdm import tqdm
 

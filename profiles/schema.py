@@ -340,6 +340,9 @@ class TrainConfig:
     """Keep the newest N step checkpoints of a stage (0: keep all)."""
     max_bad_steps: int = 5
     """Abort after this many consecutive steps with a non-finite loss or gradient (each is skipped)."""
+    max_bad_sample_fraction: float = 0.05
+    """Bad latent samples (unreadable, wrong shapes, NaN) are skipped and listed in
+    <out>/logs/train_<stage>/skipped_samples.jsonl; the stage stops when more than this fraction is bad."""
     progress: bool = True
     """tqdm progress bar on rank 0."""
 
@@ -359,6 +362,9 @@ class TrainConfig:
             raise ValueError("train.max_frame_stride, max_bad_steps, log_every, ckpt_every must be >= 1")
         if self.p_std < 0 or self.cond_aug_p_std < 0:
             raise ValueError("train.p_std and train.cond_aug_p_std must be >= 0")
+        if not 0.0 <= self.max_bad_sample_fraction < 1.0:
+            frac = self.max_bad_sample_fraction
+            raise ValueError(f"train.max_bad_sample_fraction must lie in [0, 1), got {frac}")
 
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:

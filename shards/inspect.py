@@ -14,32 +14,36 @@ import sys
 from pathlib import Path
 
 from shards.contact_sheet import write_contact_sheet
-from shards.reader import iter_raw_samples
+from shards.index import index_tar, read_entry
 from shards.render_schema import SchemaError, decode_render_sample
 
 log = logging.getLogger("shards.inspect")
 
 
 def inspect_shard(path: Path, out_dir: Path | None, thumb: int = 96) -> tuple[int, list[str]]:
-    """Returns (valid sample count, error messages); writes contact sheets when out_dir is given."""
+    """Returns (valid sample count, error messages); writes contact sheets when out_dir is given.
+
+    Every problem is reported: each bad sample by its key, and a damaged or incomplete shard (no
+    end-of-archive marker, fewer samples than its manifest) by its file."""
     valid, errors = 0, []
-    try:
-        for raw in iter_raw_samples(path):
-            try:
-                sample = decode_render_sample(raw)
-            except SchemaError as exc:
-                errors.append(f"{path.name}:{raw.get('__key__')}: {exc}")
-                continue
-            valid += 1
-            line = (
-                f"  {sample.key}: {', '.join(sample.orbits)}; {sample.meta['num_views']} views x "
-                f"{sample.meta['num_frames']} frames at {sample.meta['resolution']}px"
-            )
-            if out_dir is not None:
-                line += f" -> {write_contact_sheet(sample, out_dir, thumb)}"
-            print(line)
-    except SchemaError as exc:
-        errors.append(f"{path.name}: {exc}")
+    index = index_tar(path)
+    errors.extend(f"{path.name}:{key}: {why}" for key, why in index.rejected)
+    for entry in index.entries:
+        try:
+            sample = decode_render_sample(read_entry(entry))
+        except SchemaError as exc:
+            errors.append(f"{path.name}:{entry.key}: {exc}")
+            continue
+        valid += 1
+        line = (
+            f"  {sample.key}: {', '.join(sample.orbits)}; {sample.meta['num_views']} views x "
+            f"{sample.meta['num_frames']} frames at {sample.meta['resolution']}px"
+        )
+        if out_dir is not None:
+            line += f" -> {write_contact_sheet(sample, out_dir, thumb)}"
+        print(line)
+    if index.error:
+        errors.append(index.error)
     return valid, errors
 
 

@@ -36,6 +36,7 @@ from shards.render_schema import (
     check_fields,
     expect_array,
     npy_bytes,
+    npy_header,
     npy_load,
     parse_meta,
 )
@@ -93,34 +94,66 @@ def expected_fields(meta: dict[str, Any]) -> set[str]:
     return names
 
 
+def expected_arrays(meta: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Field -> (shape, dtype) of every array a sample with this (validated) meta must hold."""
+    V, F, R = int(meta["num_views"]), int(meta["num_frames"]), int(meta["resolution"])
+    enc = meta["encoder"]
+    try:
+        down, C, D = int(enc["downsample"]), int(enc["latent_channels"]), int(enc["clip_dim"])
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"meta.json: encoder sizes are not integers ({exc})") from exc
+    if not (1 <= down <= R and 1 <= C <= 64 and 1 <= D <= 8192):
+        raise SchemaError(f"meta.json: encoder sizes out of range (downsample {down}, channels {C}, dim {D})")
+    if R % down:
+        raise SchemaError(f"meta.json: resolution {R} is not a multiple of the VAE downsampling {down}")
+    h = R // down
+    shapes: dict[str, tuple[tuple[int, ...], Any]] = {"intrinsics.npy": ((3, 3), np.float32)}
+    for orbit in meta["orbits"]:
+        shapes[f"{orbit}.latent_mean.npy"] = ((V, F, C, h, h), np.float16)
+        shapes[f"{orbit}.latent_std.npy"] = ((V, F, C, h, h), np.float16)
+        shapes[f"{orbit}.clip.npy"] = ((V, F, D), np.float16)
+        shapes[f"{orbit}.c2w.npy"] = ((V, 4, 4), np.float32)
+        shapes[f"{orbit}.angles.npy"] = ((V, 3), np.float32)
+    return shapes
+
+
+NPY_HEADER_BYTES = 4096
+"""Enough of a .npy member to parse its header (numpy writes 128 bytes for our shapes)."""
+
+
+def check_latent_headers(raw: dict[str, Any]) -> tuple[int, ...]:
+    """The cheap check of a latent sample: meta.json, the field list and every array's .npy header (dtype
+    and shape), without the array data; ``raw`` holds meta.json and at least the first NPY_HEADER_BYTES of
+    each array. Returns the sample's latent (C, h, w) and CLIP dim, which all samples of a run must share.
+    Values (NaN, negative std) are checked where the sample is decoded (`decode_latent_sample`)."""
+    meta = _meta(raw)
+    check_fields(raw, expected_fields(meta))
+    shapes = expected_arrays(meta)
+    for fname, (shape, dtype) in shapes.items():
+        got_shape, got_dtype = npy_header(raw[fname], fname)
+        if got_dtype != np.dtype(dtype):
+            raise SchemaError(f"{fname}: dtype {got_dtype}, expected {np.dtype(dtype)}")
+        if got_shape != shape:
+            raise SchemaError(f"{fname}: shape {got_shape}, expected {shape}")
+    orbit = meta["orbits"][0]
+    return (*shapes[f"{orbit}.latent_mean.npy"][0][2:], shapes[f"{orbit}.clip.npy"][0][2])
+
+
 def decode_latent_sample(raw: dict[str, Any]) -> LatentSample:
     """Validate a raw latent sample (field -> bytes) and decode it; SchemaError names the offending field."""
     meta = _meta(raw)
     key = meta["uid"]
-    V, F, R = int(meta["num_views"]), int(meta["num_frames"]), int(meta["resolution"])
-    enc = meta["encoder"]
-    down, C, D = int(enc["downsample"]), int(enc["latent_channels"]), int(enc["clip_dim"])
-    if R % down:
-        raise SchemaError(f"meta.json: resolution {R} is not a multiple of the VAE downsampling {down}")
-    h = R // down
-
+    shapes = expected_arrays(meta)
     check_fields(raw, expected_fields(meta))
 
     intrinsics = npy_load(raw["intrinsics.npy"], "intrinsics.npy")
-    expect_array(intrinsics, "intrinsics.npy", (3, 3), np.float32)
+    expect_array(intrinsics, "intrinsics.npy", *shapes["intrinsics.npy"])
     out: dict[str, dict[str, np.ndarray]] = {a: {} for a in ARRAY_FIELDS}
-    shapes = {
-        "latent_mean": ((V, F, C, h, h), np.float16),
-        "latent_std": ((V, F, C, h, h), np.float16),
-        "clip": ((V, F, D), np.float16),
-        "c2w": ((V, 4, 4), np.float32),
-        "angles": ((V, 3), np.float32),
-    }
     for orbit in meta["orbits"]:
-        for name, (shape, dtype) in shapes.items():
+        for name in ARRAY_FIELDS:
             fname = f"{orbit}.{name}.npy"
             arr = npy_load(raw[fname], fname)
-            expect_array(arr, fname, shape, dtype)
+            expect_array(arr, fname, *shapes[fname])
             out[name][orbit] = arr
         if np.any(out["latent_std"][orbit] < 0):
             raise SchemaError(f"{orbit}.latent_std.npy: negative standard deviations")

@@ -74,3 +74,19 @@ def render_shards(out_dir: str | Path) -> list[Path]:
 def render_manifests(out_dir: str | Path) -> list[Path]:
     """The render manifests of a dataset folder, in shard order."""
     return sorted((Path(out_dir) / MANIFESTS).glob("shard-*.parquet"))
+
+
+def manifest_for_shard(path: str | Path) -> tuple[Path, str] | None:
+    """(the manifest of the stage that wrote shard ``path``, the status of its rows that are in the shard),
+    or None where ``path`` is not a render or latent shard of our layout or its manifest does not exist."""
+    path = Path(path)
+    try:
+        number = shard_number(path)
+    except ValueError:
+        return None
+    root = path.parent.parent
+    found = {
+        RENDERS: (render_manifest_path(root, number), "rendered"),
+        LATENTS: (latent_manifest_path(root, number), "encoded"),
+    }.get(path.parent.name)
+    return found if found is not None and found[0].is_file() else None

@@ -34,6 +34,12 @@ SCHEMA_VERSION = 1
 ORBITS = ("static", "dynamic")
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 REQUIRED_META = ("uid", "mode", "resolution", "num_views", "num_frames", "orbits", "fov_deg")
+#: Bounds on the sizes a sample may declare, checked before anything is allocated: a corrupt or hostile
+#: meta.json must not make a reader reserve memory without limit (paper scale: 576 px, 24 x 24 images).
+MAX_RESOLUTION = 4096
+MAX_VIEWS = 256
+MAX_FRAMES = 256
+MAX_IMAGES_PER_ORBIT = 4096
 
 
 class SchemaError(ValueError):
@@ -64,6 +70,21 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
+
+
+def npy_header(data: bytes, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a .npy from its first bytes (the header; no array data is needed)."""
+    from numpy.lib import format as npy_format
+
+    buf = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(buf)
+        shape, fortran, dtype = npy_format._read_array_header(buf, version)  # the header parser np.load uses
+    except Exception as exc:  # numpy raises several types for a corrupt header
+        raise SchemaError(f"{name}: not a readable .npy header ({exc})") from exc
+    if dtype.hasobject:
+        raise SchemaError(f"{name}: object arrays are not allowed")
+    return tuple(shape), dtype
 
 
 def npy_load(data: bytes, name: str) -> np.ndarray:
@@ -121,15 +142,36 @@ def parse_meta(raw: dict[str, Any], required: tuple[str, ...] = REQUIRED_META) -
         meta = json.loads(value) if isinstance(value, bytes | str) else dict(value)
     except Exception as exc:
         raise SchemaError(f"meta.json: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise SchemaError(f"meta.json: expected a JSON object, got {type(meta).__name__}")
     missing = [k for k in required if k not in meta]
     if missing:
         raise SchemaError(f"meta.json: missing keys {missing}")
     orbits = meta["orbits"]
-    if not orbits or any(o not in ORBITS for o in orbits):
+    if not isinstance(orbits, list) or not orbits or any(o not in ORBITS for o in orbits):
         raise SchemaError(f"meta.json: orbits {orbits!r} must be a non-empty subset of {list(ORBITS)}")
+    if len(set(orbits)) != len(orbits):
+        raise SchemaError(f"meta.json: orbits {orbits!r} repeat an orbit")
     if meta["uid"] != key:
         raise SchemaError(f"meta.json: uid {meta['uid']!r} differs from __key__ {key!r}")
+    _bounded_int(meta, "resolution", MAX_RESOLUTION)
+    views = _bounded_int(meta, "num_views", MAX_VIEWS)
+    frames = _bounded_int(meta, "num_frames", MAX_FRAMES)
+    if views * frames > MAX_IMAGES_PER_ORBIT:
+        raise SchemaError(
+            f"meta.json: {views} views x {frames} frames exceeds {MAX_IMAGES_PER_ORBIT} images per orbit"
+        )
+    if meta["mode"] not in ("4d", "static"):
+        raise SchemaError(f"meta.json: mode {meta['mode']!r} is not one of 4d, static")
     return meta
+
+
+def _bounded_int(meta: dict[str, Any], name: str, limit: int) -> int:
+    value = meta[name]
+    # bool is an int in Python; "64" or 64.5 in a JSON file is a writer's bug, not a size
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise SchemaError(f"meta.json: {name} {value!r} must be an integer in [1, {limit}]")
+    return value
 
 
 def check_fields(raw: dict[str, Any], expected: set[str]) -> None:

@@ -64,10 +64,13 @@ class ShardWriter:
         return self.path
 
     def abort(self) -> None:
+        """Drop the partial file. The tar is not closed (that writes its end blocks, which fails on a full
+        disk, the usual reason to abort); the file is closed ignoring errors, then removed."""
         try:
-            self._tar.close()
-        finally:
             self._file.close()
+        except OSError:
+            pass
+        finally:
             self.partial.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:

@@ -67,8 +67,8 @@ def test_make_demo_runs_every_stage(tmp_path):
         assert [s.key for s in latents] == [s.key for s in renders]  # one latent sample per render sample
         encoded = pq.read_table(latent_manifest_path(tree, 0)).to_pylist()
         assert {r["status"] for r in encoded} == {"encoded"}
-        entries, error = index_tar(latent_shard_path(tree, 0))
-        assert error is None and len(entries) == len(latents)
+        index = index_tar(latent_shard_path(tree, 0))  # complete: end marker and the manifest's count
+        assert index.error is None and not index.rejected and len(index.entries) == len(latents)
     assert (out / "report" / "index.html").is_file()
     for stage in ("3d", "4d"):
         (ckpt,) = (out / "checkpoints" / stage).glob("step_*")

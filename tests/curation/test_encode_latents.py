@@ -1,4 +1,7 @@
+import io
+import json
 import os
+import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -9,6 +12,7 @@ from curation.encode_latents import (
     encode_latents,
     image_rows,
     index_render_shard,
+    main,
     pending_shards,
 )
 from model.encoders import Encoders, EncoderSpec
@@ -165,3 +169,93 @@ def test_cli_help_explains_itself(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "--shard" in text and "latent shards" in text and "encode.tiny" in text
+
+
+def _shard_with_raws(out, n, raws):
+    with tarfile.open(render_shard_path(out, n), "w") as tar:  # not ShardWriter: it refuses duplicates
+        for raw in raws:
+            for name in sorted(k for k in raw if not k.startswith("__")):
+                info = tarfile.TarInfo(f"{raw['__key__']}.{name}")
+                info.size = len(raw[name])
+                tar.addfile(info, io.BytesIO(raw[name]))
+
+
+def _raw(key, seed=0):
+    return encode_render_sample(make_render_sample(key, views=VIEWS, frames=FRAMES, res=RES, seed=seed))
+
+
+def test_index_keeps_the_good_sample_before_a_duplicated_key(tmp_path):
+    # item 5: b is good, then a copy of b comes; b stays planned, c after it too, the copy is a failure row
+    render_shard_path(tmp_path, 0).parent.mkdir(parents=True)
+    _shard_with_raws(tmp_path, 0, [_raw("a"), _raw("b", 1), _raw("b", 2), _raw("c", 3)])
+    index = index_render_shard(render_shard_path(tmp_path, 0))
+    assert [s.key for s in index.samples] == ["a", "b", "c"]
+    assert [(f["uid"], f["reason"]) for f in index.failures] == [("b", "schema")]
+    assert "duplicate sample key" in index.failures[0]["detail"]
+
+
+def test_index_fails_a_malformed_meta_alone(tmp_path):
+    # item 6: a JSON list, a non-numeric count and a huge size fail their sample only
+    bad = {
+        "b": b"[1, 2, 3]",
+        "c": json.dumps(dict(make_render_sample("c").meta, num_views="abc")).encode(),
+        "d": json.dumps(dict(make_render_sample("d").meta, num_views=100000, num_frames=100000)).encode(),
+    }
+    write_render_shard(
+        tmp_path,
+        0,
+        ["a", "b", "c", "d", "e"],
+        damage={k: lambda raw, v=v: raw.update({"meta.json": v}) for k, v in bad.items()},
+    )
+    index = index_render_shard(render_shard_path(tmp_path, 0))
+    assert [s.key for s in index.samples] == ["a", "e"]
+    assert [(f["uid"], f["reason"]) for f in index.failures] == [
+        ("b", "schema"),
+        ("c", "schema"),
+        ("d", "schema"),
+    ]
+    assert "expected a JSON object" in index.failures[0]["detail"]
+
+
+def test_index_reports_a_render_shard_cut_at_a_sample_boundary(tmp_path):
+    # item 4: the cut shard's samples are encoded, and the manifest gets an unreadable_tar row naming it
+    write_render_shard(tmp_path, 0, ["a", "b", "c"])
+    path = render_shard_path(tmp_path, 0)
+    with tarfile.open(path) as tar:
+        cut = next(m.offset for m in tar if m.name.startswith("c."))
+    path.write_bytes(path.read_bytes()[:cut])
+    index = index_render_shard(path)
+    assert [s.key for s in index.samples] == ["a", "b"]
+    assert [(f["uid"], f["reason"]) for f in index.failures] == [("", "unreadable_tar")]
+    assert index.failures[0]["detail"].startswith("shard-000000.tar: incomplete tar")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    # item 9: out_dir a file, out_dir misspelt, a bad setting: exit 2 with one line, nothing encoded
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--set", f"out_dir={tmp_path / 'file'}"], "is not a folder"),
+        (["--set", f"out_dir={tmp_path / 'typo'}"], "is not a folder"),
+        (["--set", f"out_dir={tmp_path}"], "no render shards under"),
+        (["--set", "encode.batch_sise=3"], "batch_sise"),
+    ]
+    for argv, match in cases:
+        assert main([*argv, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("encode_latents: error:") and match in err[0], err
+
+
+def test_ray_usage_stats_are_off_unless_asked(monkeypatch):
+    # item 12 for the latent stage's own ray.init (the render stage's is i14's)
+    import ray
+
+    from curation import encode_latents as stage
+
+    seen = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(os.environ.get("RAY_USAGE_STATS_ENABLED")))
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    stage._init_ray()
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    stage._init_ray()
+    assert seen == ["0", "1"]

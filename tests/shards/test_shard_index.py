@@ -40,8 +40,9 @@ def test_index_offsets_read_back_the_bytes_the_stream_reader_sees(tmp_path):
     with ShardWriter(tmp_path / "s.tar") as w:
         for i in range(3):
             w.write({"__key__": f"k{i}", "a.npy": bytes([i]) * (100 + i), "meta.json": f"{{{i}}}"})
-    entries, error = index_tar(tmp_path / "s.tar")
-    assert error is None
+    index = index_tar(tmp_path / "s.tar")
+    entries = index.entries
+    assert index.error is None and index.rejected == []
     assert [e.key for e in entries] == ["k0", "k1", "k2"]
     streamed = list(iter_raw_samples(tmp_path / "s.tar"))
     for entry, raw in zip(entries, streamed, strict=True):
@@ -53,18 +54,25 @@ def test_index_offsets_read_back_the_bytes_the_stream_reader_sees(tmp_path):
     }
 
 
-def test_split_sample_and_duplicate_field_are_errors_for_every_reader(tmp_path):
-    _tar(tmp_path / "split.tar", [("a.x", b"1"), ("b.x", b"2"), ("a.y", b"3")])
-    _tar(tmp_path / "dup.tar", [("a.x", b"1"), ("a.x", b"2")])
-    for name, match in (("split", "split or duplicated"), ("dup", "duplicate field")):
-        entries, error = index_tar(tmp_path / f"{name}.tar")
-        assert error is not None and match in error
-        with pytest.raises(SchemaError, match=match):
-            list(iter_raw_samples(tmp_path / f"{name}.tar"))
-        with pytest.raises(SchemaError, match=match):
-            index_shards([tmp_path / f"{name}.tar"])
-    entries, _ = index_tar(tmp_path / "split.tar")
-    assert [e.key for e in entries] == ["a"]  # b was being read when the error hit: dropped
+def test_a_duplicated_key_or_field_rejects_that_sample_only(tmp_path):
+    # item 5: the good sample before a duplicate (here b) and the samples after it are kept
+    _tar(
+        tmp_path / "dup.tar",
+        [("a.x", b"1"), ("b.x", b"2"), ("b.x", b"2"), ("a.x", b"3"), ("c.x", b"4"), ("c.y", b"5")],
+    )
+    index = index_tar(tmp_path / "dup.tar")
+    assert index.error is None
+    assert [e.key for e in index.entries] == ["a", "b", "c"]
+    assert index.rejected == [
+        ("b", "duplicate sample key (from its field 'x' on; the first copy is kept)"),
+        ("a", "duplicate sample key (from its field 'x' on; the first copy is kept)"),
+    ]
+    assert read_entry(index.entries[0]) == {"__key__": "a", "__url__": str(tmp_path / "dup.tar"), "x": b"1"}
+    # the strict readers still refuse the shard, after its readable samples, naming the sample
+    with pytest.raises(SchemaError, match="dup.tar: sample 'b': duplicate sample key"):
+        list(iter_raw_samples(tmp_path / "dup.tar"))
+    with pytest.raises(SchemaError, match="duplicate sample key"):
+        index_shards([tmp_path / "dup.tar"])
 
 
 def test_truncated_tar_keeps_the_complete_samples_before_the_damage(tmp_path):
@@ -73,9 +81,63 @@ def test_truncated_tar_keeps_the_complete_samples_before_the_damage(tmp_path):
             w.write({"__key__": f"k{i}", "a.bin": bytes(3000), "b.bin": bytes(3000)})
     data = (tmp_path / "s.tar").read_bytes()
     (tmp_path / "t.tar").write_bytes(data[:9000])  # inside k1's members
-    entries, error = index_tar(tmp_path / "t.tar")
-    assert [e.key for e in entries] == ["k0"]
-    assert error.startswith("t.tar: unreadable tar after 1 samples")
+    index = index_tar(tmp_path / "t.tar")
+    assert [e.key for e in index.entries] == ["k0"]
+    assert index.error.startswith("t.tar: unreadable tar after 1 samples")
+
+
+def _sample_boundaries(path):
+    """Byte offsets at which each sample's first header starts, and the end of the last member."""
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+        end = tar.offset
+    starts, seen = [], set()
+    for m in members:
+        key = m.name.split(".")[0]
+        if key not in seen:
+            seen.add(key)
+            starts.append(m.offset)
+    return starts, end
+
+
+def test_a_tar_cut_between_two_samples_is_incomplete_for_every_reader(tmp_path):
+    # item 4: a cut at a sample boundary leaves a tar that tarfile reads without complaint
+    with ShardWriter(tmp_path / "s.tar") as w:
+        for i in range(3):
+            w.write({"__key__": f"k{i}", "a.bin": bytes(700), "b.bin": bytes(10)})
+    data = (tmp_path / "s.tar").read_bytes()
+    starts, end = _sample_boundaries(tmp_path / "s.tar")
+    assert index_tar(tmp_path / "s.tar").error is None
+    for cut, kept in ((starts[2], 2), (end, 3), (end + 512, 3)):  # before k2; after k2, one zero block
+        (tmp_path / "t.tar").write_bytes(data[:cut])
+        with tarfile.open(tmp_path / "t.tar") as tar:  # what every reader used to trust
+            assert len({m.name.split(".")[0] for m in tar}) == kept
+        index = index_tar(tmp_path / "t.tar")
+        assert [e.key for e in index.entries] == [f"k{i}" for i in range(kept)]
+        assert index.error == f"t.tar: incomplete tar (no end-of-archive marker after {kept} samples)"
+        with pytest.raises(SchemaError, match="incomplete tar"):
+            list(iter_raw_samples(tmp_path / "t.tar"))
+        with pytest.raises(SchemaError, match="incomplete tar"):
+            index_shards([tmp_path / "t.tar"])
+    empty = tmp_path / "e.tar"
+    ShardWriter(empty).close()
+    assert index_tar(empty).error is None and index_tar(empty).entries == []
+
+
+def test_a_shard_with_fewer_samples_than_its_manifest_is_incomplete(tmp_path):
+    # a whole tar (end marker and all) that is not the one its stage wrote: the manifest's count tells
+    out = tmp_path / "out"
+    with ShardWriter(latent_shard_path(out, 0)) as w:
+        w.write({"__key__": "a", "x.bin": b"1"})
+    rows = [
+        {"shard": 0, "uid": uid, "status": status, "reason": "", "detail": "", "num_images": 1}
+        for uid, status in (("a", "encoded"), ("b", "encoded"), ("c", "failed"))
+    ]
+    write_manifest(latent_manifest_path(out, 0), rows, LATENT_COLUMNS, LATENT_STATUSES)
+    index = index_tar(latent_shard_path(out, 0))
+    assert index.error == "shard-000000.tar: holds 1 samples, its manifest says 2"
+    write_manifest(latent_manifest_path(out, 0), rows[::2], LATENT_COLUMNS, LATENT_STATUSES)
+    assert index_tar(latent_shard_path(out, 0)).error is None
 
 
 def test_layout_paths():
