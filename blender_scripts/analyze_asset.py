@@ -46,9 +46,7 @@ def analyze(job: RenderJob) -> dict[str, Any]:
     with open(log_path, "a") as f:
         f.write(f"=== analyze_asset {job.uid} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
     try:
-        asset = scene_io.load_asset(
-            job.asset_path, job.mode, job.num_frames, job.clip_duration_s, job.static_frame, str(log_path)
-        )
+        asset = scene_io.load_asset(job, str(log_path))
     except scene_io.AssetError as exc:
         if exc.reason == "no_animation":  # the scene is loaded: record the counts for the manifest anyway
             meshes = scene_io.asset_meshes()
@@ -95,7 +93,7 @@ def analyze(job: RenderJob) -> dict[str, Any]:
         "uid": job.uid,
         "reason": None,
         "detail": None,
-        "mode": job.mode,
+        "mode": job.render.mode,
         "num_vertices": int(nv),
         "num_faces": int(nf),
         "num_meshes": len(asset.meshes),

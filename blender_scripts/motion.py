@@ -251,12 +251,13 @@ def motion_metrics(
         position (`mean_displacement`), divided by object_size;
       object_size: largest extent of the union over the clip of the corrected per-frame boxes (what the
         renderer normalizes to 1);
-      scale_ratio: max over min over frames of the radius of gyration of the sampled points (RMS distance
-        to their per-frame centroid); 1 for any rigid motion, exactly s for a uniform scaling by s, inf
-        when the object collapses to a point in some frame. Chosen over bounding-box extents because a
-        box's extents change under rotation alone (a tumbling cube's largest extent varies by up to
-        sqrt(3), which would read as "inconsistent scaling"), and a squash-and-stretch morph changes one
-        extent a lot but its overall size little (demo morph: largest extent 1.63, gyration 1.20);
+      scale_ratio: max over min over frames of the local size (`local_size`: the median distance between
+        each sampled point and its nearest neighbours of the first frame); exactly s for a uniform scaling
+        by s, 1 for rigid motion AND for rigid articulated motion (parts moving apart keep their own
+        size), inf when the object collapses to a point in some frame;
+      gyration_scale_ratio: the same ratio of the radius of gyration (RMS distance to the per-frame
+        centroid), the filter's former value: rotation-invariant, but it also grows when rigid parts
+        spread (a box rising out of another: 1.82);
       bbox_scale_ratio: the same ratio of the per-frame bounding box's largest extent, for reference;
       max_offset: max over frames of |offsets[t]| / object_size (how much global motion was removed).
     """
@@ -278,13 +279,15 @@ def motion_metrics(
     hi = (bbox_max - offsets).max(axis=0)
     size = float((hi - lo).max())
     gyration = np.sqrt(((positions - positions.mean(axis=1, keepdims=True)) ** 2).sum(axis=2).mean(axis=1))
-    scale_ratio = _ratio(gyration)
+    gyration_scale_ratio = _ratio(gyration)
+    scale_ratio = _ratio(local_size(positions))
     bbox_scale_ratio = _ratio((bbox_max - bbox_min).max(axis=1))
     if size == 0.0:
         return {
             "motion": 0.0,
             "object_size": 0.0,
             "scale_ratio": scale_ratio,
+            "gyration_scale_ratio": gyration_scale_ratio,
             "bbox_scale_ratio": bbox_scale_ratio,
             "max_offset": 0.0,
         }
@@ -292,9 +295,41 @@ def motion_metrics(
         "motion": float(mean_displacement(corrected).mean() / size),
         "object_size": size,
         "scale_ratio": scale_ratio,
+        "gyration_scale_ratio": gyration_scale_ratio,
         "bbox_scale_ratio": bbox_scale_ratio,
         "max_offset": float(np.linalg.norm(offsets, axis=1).max() / size),
     }
+
+
+def local_size(positions: np.ndarray, neighbours: int = 4, max_points: int = 2000) -> np.ndarray:
+    """(F,) median over point pairs of |p_i(t) - p_j(t)|, the pairs being each point and its `neighbours`
+    nearest points in the reference frame (the widest one, by radius of gyration; a deterministic subset
+    of at most `max_points` points).
+
+    Neighbours sit on the same rigid part almost everywhere, so the value follows the deformation of the
+    surface, not the articulation: a uniform scaling by s multiplies it by exactly s; moving rigid parts
+    apart leaves it unchanged (only the few pairs straddling a joint change, and the median ignores them).
+    Example: two unit squares' corners, the second square lifted by 3 in frame 1: (1.0, 1.0).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    F, P, _ = positions.shape
+    if P < 2:
+        return np.zeros(F)
+    idx = np.arange(P) if P <= max_points else np.linspace(0, P - 1, max_points).round().astype(int)
+    pts = positions[:, idx]
+    spread = ((pts - pts.mean(axis=1, keepdims=True)) ** 2).sum(axis=(1, 2))
+    first = pts[int(np.argmax(spread))]
+    d2 = ((first[:, None, :] - first[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    d2[d2 == 0] = np.inf  # coincident points (split vertices) are no measure of size
+    k = min(neighbours, len(idx) - 1)
+    nn = np.argpartition(d2, k - 1, axis=1)[:, :k]
+    valid = np.isfinite(np.take_along_axis(d2, nn, axis=1))
+    i = np.repeat(np.arange(len(idx)), k)[valid.reshape(-1)]
+    j = nn.reshape(-1)[valid.reshape(-1)]
+    if len(i) == 0:
+        return np.zeros(F)
+    return np.median(np.linalg.norm(pts[:, i] - pts[:, j], axis=-1), axis=1)
 
 
 def _ratio(sizes: np.ndarray) -> float:

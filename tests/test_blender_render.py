@@ -1,5 +1,6 @@
 """render_asset / analyze_asset run as subprocesses exactly as the orchestrator runs them (needs bpy)."""
 
+import dataclasses
 import json
 import struct
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from blender_scripts.cameras import intrinsics, project, static_orbit
+from profiles.schema import RenderConfig
 
 pytestmark = pytest.mark.blender
 
@@ -73,11 +75,12 @@ def tetrahedron_glb() -> bytes:
     return glb_bytes(gltf, binary)
 
 
+RENDER_KEYS = {f.name for f in dataclasses.fields(RenderConfig)}
+
+
 def small_job(asset: Path, out_dir: Path, **kw) -> dict:
-    job = {
-        "uid": asset.stem,
-        "asset_path": str(asset),
-        "out_dir": str(out_dir),
+    """A job as the orchestrator writes it: cfg.render plus the per-asset fields; kw may set either."""
+    render = {
         "mode": "4d",
         "resolution": 64,
         "num_frames": 3,
@@ -87,10 +90,17 @@ def small_job(asset: Path, out_dir: Path, **kw) -> dict:
         "denoiser": "none",
         "device": "CPU",
         "threads": 2,
+    }
+    job = {
+        "uid": asset.stem,
+        "asset_path": str(asset),
+        "out_dir": str(out_dir),
         "seed": 5,
         "environment": {"kind": "sky", "strength": 1.0},
+        "render": render,
     }
-    job.update(kw)
+    for k, v in kw.items():
+        (render if k in RENDER_KEYS else job)[k] = v
     return job
 
 
@@ -238,7 +248,7 @@ def test_global_offsets_counter_translate_the_asset(tmp_path):
     job = small_job(
         FOX, tmp_path / "out", num_frames=2, clip_duration_s=0.01, orbits=["static"], global_offsets=offsets
     )
-    job["orbit"]["num_views"] = 1  # azimuth 0: the camera on +X, image right = world +Y
+    job["render"]["orbit"]["num_views"] = 1  # azimuth 0: the camera on +X, image right = world +Y
     proc = run_script("render_asset", job, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "result.json").read_text())
@@ -292,7 +302,7 @@ def test_render_border_crop_changes_no_pixel(fox_render, tmp_path):
     assert res["render_settings"]["crop_border"] is True
     out = tmp_path / "full"
     job = small_job(FOX, out, uid="fox", orbits=["static"], crop_border=False)
-    job["orbit"]["num_views"] = 1  # static view 0 is the same camera as in the 3-view fixture
+    job["render"]["orbit"]["num_views"] = 1  # static view 0 is the same camera as in the 3-view fixture
     proc = run_script("render_asset", job, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["render_settings"]["crop_border"] is False

@@ -195,3 +195,20 @@ def test_scale_ratio_ignores_rotation_and_sees_uniform_growth():
     # an object that appears from (almost) nothing
     grow = np.stack([cube * s for s in (0.0, 0.5, 1.0)])
     assert motion_metrics(grow, None, grow.min(1), grow.max(1))["scale_ratio"] == float("inf")
+
+
+def test_scale_ratio_follows_deformation_not_articulation():
+    # two rigid boxes; the upper one rises out of the lower one (the 1.82 case): no scaling at all
+    rng = np.random.default_rng(3)
+    lower = rng.uniform(-0.5, 0.5, (300, 3))
+    upper = rng.uniform(-0.4, 0.4, (300, 3))
+    frames = []
+    for lift in np.linspace(0.0, 1.6, 5):
+        frames.append(np.concatenate([lower, upper + [0.0, 0.0, lift]]))
+    pos = np.stack(frames)
+    m = motion_metrics(pos, None, pos.min(1), pos.max(1))
+    assert m["scale_ratio"] == pytest.approx(1.0, abs=0.02)
+    assert m["gyration_scale_ratio"] > 1.5  # the old measure, still recorded, calls this inconsistent
+    # the same pair uniformly grown by 1.7 over the clip: exactly 1.7
+    grow = np.stack([pos[0] * s for s in np.linspace(1.0, 1.7, 4)])
+    assert motion_metrics(grow, None, grow.min(1), grow.max(1))["scale_ratio"] == pytest.approx(1.7, rel=1e-9)
