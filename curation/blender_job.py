@@ -37,6 +37,8 @@ class JobOutcome:
     attempts: int = 0
     seconds: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 0.0
+    """The budget of the last attempt."""
 
     @property
     def ok(self) -> bool:
@@ -68,11 +70,13 @@ def run_blender_script(
     retries: int = 0,
     expected_files: Callable[[dict[str, Any]], list[Path]] | None = None,
     env: dict[str, str] | None = None,
+    timeout_growth: float = 2.0,
 ) -> JobOutcome:
     """Run `python -m <module> --job <work_dir>/<module>.job.json` until it succeeds or attempts run out.
 
     Logs go to `<work_dir>/<short module name>.log` (appended per attempt); the result JSON is read from
-    `<work_dir>/<result_name>`.
+    `<work_dir>/<result_name>`. A crash is retried at the same budget; a timeout is retried with the budget
+    times `timeout_growth`, and not at all when that is 1 (a deterministic timeout would only repeat).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     short = module.rsplit(".", 1)[-1]
@@ -85,6 +89,7 @@ def run_blender_script(
     child_env = dict(os.environ, **(env or {}))
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     child_env[PARENT_PID_ENV] = str(os.getpid())  # the script dies with us (job.exit_with_parent)
+    budget = float(timeout_s)
     for attempt in range(1, retries + 2):
         result_path.unlink(missing_ok=True)
         with open(log_path, "a") as logf:
@@ -99,10 +104,14 @@ def run_blender_script(
                 start_new_session=True,  # so a timeout kills Blender and anything it spawned
             )
             try:
-                rc = proc.wait(timeout=timeout_s)
+                rc = proc.wait(timeout=budget)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
-                outcome = JobOutcome("failed", "timeout", f"{module} exceeded {timeout_s:.0f} s", attempt)
+                detail = f"{module} exceeded {budget:.0f} s"
+                outcome = JobOutcome("failed", "timeout", detail, attempt, timeout_s=budget)
+                if timeout_growth <= 1.0:
+                    break
+                budget *= timeout_growth
                 continue
         result: dict[str, Any] = {}
         if result_path.is_file():
@@ -126,4 +135,5 @@ def run_blender_script(
         outcome = JobOutcome("ok", None, "", attempt, result=result)
         break
     outcome.seconds = time.monotonic() - start
+    outcome.timeout_s = outcome.timeout_s or budget
     return outcome

@@ -90,7 +90,7 @@ class GltfBuilder:
         return index
 
     def animation(self, name: str, channels: list[tuple[int, str, np.ndarray, np.ndarray]]) -> None:
-        """channels: (node, path, times (K,), values (K, n)); path translation | rotation | scale | weights."""
+        """channels: (node, path, times (K,), values (K, n)); path: translation, rotation, scale, weights."""
         anim: dict[str, Any] = {"name": name, "samplers": [], "channels": []}
         for node, path, times, values in channels:
             kind = {"translation": "VEC3", "scale": "VEC3", "rotation": "VEC4", "weights": "SCALAR"}[path]
@@ -188,7 +188,5 @@ def two_actions_glb() -> bytes:
     v, t = box((-0.3, -0.2, -0.1), (0.3, 0.2, 0.1))
     n = g.node("box", g.mesh(v, t, g.material((0.3, 0.8, 0.3), True)))
     g.animation("bob", [(n, "translation", [0.0, 0.5, 1.0], [[0, 0, 0], [0, 0.5, 0], [0, 0, 0]])])
-    g.animation(
-        "slide_long", [(n, "translation", [0.0, 1.0, 2.0], [[0, 0, 0], [0.8, 0, 0], [0, 0, 0]])]
-    )
+    g.animation("slide_long", [(n, "translation", [0.0, 1.0, 2.0], [[0, 0, 0], [0.8, 0, 0], [0, 0, 0]])])
     return g.glb()
