@@ -62,7 +62,9 @@ TRANSIENT_REASONS = frozenset({"fetch_error", "timeout", "crash", "worker_error"
 def settings_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     """{"fingerprint": sha256 hex, "settings": ...} of everything that shapes an asset's images and rows."""
     render = {k: v for k, v in to_dict(cfg.render).items() if k not in NOT_FINGERPRINTED}
-    settings = {"render": render, "curation": to_dict(cfg.curation), "seed": cfg.assets.seed}
+    curation = to_dict(cfg.curation)
+    curation["hdri"].pop("library_dir")  # where the maps live (moves with --out); the map chosen is recorded
+    settings = {"render": render, "curation": curation, "seed": cfg.assets.seed}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return {"fingerprint": digest, "settings": settings}
 

@@ -173,10 +173,12 @@ def test_analysis_matches_render_frames(fox_render, tmp_path):
     assert info["frames"]["source_frames"] == res["frames"]["source_frames"]
     data = np.load(out / "analysis.npz")
     assert data["positions"].shape == (3, 500, 3) and data["positions"].dtype == np.float32
-    # the render's normalization is the union bbox over the clip: largest extent 1, centred
+    # the render's centre is the union bbox over the clip; the unit-extent scale is recorded beside the
+    # framing scale that the render uses
     lo, hi = data["bbox_min"].min(0), data["bbox_max"].max(0)
     norm = res["normalization"]
-    assert norm["scale"] == pytest.approx(1 / (hi - lo).max(), rel=1e-5)
+    assert norm["rule"] == "framing" and norm["fill"] == 0.9
+    assert norm["unit_extent_scale"] == pytest.approx(1 / (hi - lo).max(), rel=1e-5)
     np.testing.assert_allclose(norm["offset"], -(lo + hi) / 2, atol=1e-5)
     assert (data["positions"].min(1) >= data["bbox_min"] - 1e-5).all()
 
@@ -221,7 +223,7 @@ def test_static_mode_renders_one_frame_of_a_static_mesh(tmp_path):
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "ok" and res["num_vertices"] >= 4 and len(res["frames"]["source_frames"]) == 1
     assert sorted(p.name for p in (out / "static").iterdir()) == ["v00_f00.png", "v01_f00.png"]
-    assert res["normalization"]["scale"] == pytest.approx(1.0)
+    assert res["normalization"]["unit_extent_scale"] == pytest.approx(1.0)
     assert alpha(out / "static" / "v00_f00.png").mean() > 0.01
 
 
