@@ -75,7 +75,7 @@ def measure_actions(job: RenderJob, asset: Any, out_dir: Path) -> dict[str, Any]
 
 def analyze(job: RenderJob) -> dict[str, Any]:
     from blender_scripts import scene_io
-    from blender_scripts.gltf_checks import orphan_skins, read_gltf_json
+    from blender_scripts.gltf_checks import orphan_skin_rotation_deg, orphan_skins, read_gltf_json
 
     t_start = time.perf_counter()
     out_dir = Path(job.out_dir)
@@ -99,6 +99,7 @@ def analyze(job: RenderJob) -> dict[str, Any]:
         return measure_actions(job, asset, out_dir)
     gltf = read_gltf_json(job.asset_path)
     orphans = orphan_skins(gltf) if gltf is not None else []
+    orphan_rotation = orphan_skin_rotation_deg(gltf) if orphans else 0.0
     t_eval = time.perf_counter()
     positions, mins, maxs = [], [], []
     index = None
@@ -141,8 +142,10 @@ def analyze(job: RenderJob) -> dict[str, Any]:
         "num_points": len(index),
         "frames": asset.frames_json(),
         "has_animation": bool(asset.clip.has_animation),
-        "orphan_skeleton": bool(orphans),
+        # viewers and Blender disagree on the orientation (blender_scripts/gltf_checks.py)
+        "orphan_skeleton": orphan_rotation > 1.0,
         "orphan_skins": orphans,
+        "orphan_skin_rotation_deg": orphan_rotation,
         # up-axis evidence: the clip's extent along Blender's X, Y, Z (a figure lying down has a small Z)
         "extent_xyz": (np.array(maxs).max(0) - np.array(mins).min(0)).tolist(),
         "single_sided_materials": asset.single_sided,

@@ -1,11 +1,15 @@
 """Checks on a glTF file's own JSON (no bpy): what the importer is known to get wrong.
 
 Orphan skeleton roots: a skin whose joints are not all reachable from the file's scenes (the skeleton's
-root node is in no scene). glTF viewers pose such a skin from its joints' own transforms; Blender's
-importer builds the armature from the nodes that ARE reachable and puts the rest in an "Orphan Nodes"
-collection, so any axis-conversion transform that sits on the scene side of the hierarchy (a root node
-rotating Z-up data to glTF's Y-up, as many converters write) no longer applies to the skin: the figure
-imports lying down. We record the case and let a filter decide (FilterConfig.filter_orphan_skeleton).
+root node is in no scene). The glTF rule is that a skinned mesh ignores its own node's transform: only the
+joints' world transforms place it. Blender's importer follows the rule (it reparents the mesh to the
+armature, and the armature built from the orphan joints gets no scene transform at all); three.js-based
+viewers instead bind the mesh with its node's world matrix (`SkinnedMesh.bind(skeleton, matrixWorld)`).
+When the mesh node sits under a scene root that rotates Z-up data to glTF's Y-up, as many converters
+write, the viewers show the figure upright and Blender shows it lying down. Nothing in the file says which
+is meant, so we record the case with the disagreeing rotation (`orphan_skin_rotation_deg`) and a filter
+decides (FilterConfig.filter_orphan_skeleton). A fix inside Blender would have to rotate the root bone,
+not the armature object: the importer makes the armature object the parent of every scene node.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 import os
 import struct
 from typing import Any
+
+import numpy as np
 
 
 def read_gltf_json(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -59,3 +65,50 @@ def orphan_skins(gltf: dict[str, Any]) -> list[int]:
         if any(j not in reachable for j in joints):
             out.append(i)
     return out
+
+
+def _local_matrix(node: dict[str, Any]) -> np.ndarray:
+    if "matrix" in node:
+        return np.asarray(node["matrix"], dtype=np.float64).reshape(4, 4).T  # column-major in glTF
+    x, y, z, w = node.get("rotation", [0.0, 0.0, 0.0, 1.0])
+    rot = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+    m = np.eye(4)
+    m[:3, :3] = rot * np.asarray(node.get("scale", [1.0, 1.0, 1.0]))[None, :]
+    m[:3, 3] = node.get("translation", [0.0, 0.0, 0.0])
+    return m
+
+
+def node_world_matrix(gltf: dict[str, Any], index: int) -> np.ndarray:
+    """(4, 4) world matrix of node `index` through its parents (glTF coordinates)."""
+    nodes = gltf.get("nodes") or []
+    parent = {c: i for i, n in enumerate(nodes) for c in n.get("children") or []}
+    m = np.eye(4)
+    seen = set()
+    while index is not None and index not in seen:
+        seen.add(index)
+        m = _local_matrix(nodes[index]) @ m
+        index = parent.get(index)
+    return m
+
+
+def orphan_skin_rotation_deg(gltf: dict[str, Any]) -> float:
+    """Largest rotation (degrees) of the world matrix of a mesh node skinned by an orphan skin: how far
+    three.js-style viewers and Blender (the glTF rule) disagree on its orientation; 0 when they agree.
+
+    Example: a mesh node under a root rotated -90 degrees about X, skinned by joints in no scene -> 90.
+    """
+    orphans = set(orphan_skins(gltf))
+    worst = 0.0
+    for i, node in enumerate(gltf.get("nodes") or []):
+        if node.get("skin") in orphans and "mesh" in node:
+            rot = node_world_matrix(gltf, i)[:3, :3]
+            rot = rot / np.linalg.norm(rot, axis=0, keepdims=True)
+            cos = np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0)
+            worst = max(worst, float(np.degrees(np.arccos(cos))))
+    return worst

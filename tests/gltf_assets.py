@@ -190,3 +190,28 @@ def two_actions_glb() -> bytes:
     g.animation("bob", [(n, "translation", [0.0, 0.5, 1.0], [[0, 0, 0], [0, 0.5, 0], [0, 0, 0]])])
     g.animation("slide_long", [(n, "translation", [0.0, 1.0, 2.0], [[0, 0, 0], [0.8, 0, 0], [0, 0, 0]])])
     return g.glb()
+
+
+def orphan_skeleton_glb() -> bytes:
+    """A figure 2 tall along glTF Z, skinned to a root joint that is in no scene, its mesh node under a
+    scene root rotating Z-up to Y-up (-90 degrees about X), as converters write them.
+
+    three.js-style viewers apply the mesh node's world matrix (upright); Blender follows the glTF rule that
+    a skinned mesh ignores it (lying down along Blender Y).
+    """
+    g = GltfBuilder()
+    v, t = box((-0.2, -0.1, 0.0), (0.2, 0.1, 2.0))
+    mesh = g.mesh(v, t, g.material((0.8, 0.8, 0.8), True))
+    prim = g.gltf["meshes"][mesh]["primitives"][0]
+    prim["attributes"]["JOINTS_0"] = g.accessor(np.zeros((8, 4), np.uint16), "VEC4")
+    weights = np.zeros((8, 4), np.float32)
+    weights[:, 0] = 1.0
+    prim["attributes"]["WEIGHTS_0"] = g.accessor(weights, "VEC4")
+    half = float(np.sqrt(0.5))
+    model = g.node("Model", rotation=[-half, 0.0, 0.0, half])
+    figure = g.node("figure", mesh, root=False, skin=0)
+    joint = g.node("root_joint", root=False)
+    g.gltf["nodes"][model]["children"] = [figure]
+    ibm = np.eye(4, dtype=np.float32).reshape(1, 16)
+    g.gltf["skins"] = [{"joints": [joint], "inverseBindMatrices": g.accessor(ibm, "MAT4")}]
+    return g.glb()

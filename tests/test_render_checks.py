@@ -305,3 +305,17 @@ def test_clip_slugs_are_keys_and_unique():
     assert slugs == ["Armature_Run", "Armature_Run_2", "idle_001", "action"]
     assert all(KEY_RE.match(f"fox-{s}") for s in slugs)
     assert math.isfinite(len(taken))
+
+
+def test_orphan_skin_rotation_is_the_viewer_blender_disagreement():
+    from blender_scripts.gltf_checks import orphan_skin_rotation_deg
+
+    half = math.sqrt(0.5)
+    gltf = {
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"rotation": [-half, 0, 0, half], "children": [1]}, {"mesh": 0, "skin": 0}, {}],
+        "skins": [{"joints": [2]}],
+    }
+    assert orphan_skin_rotation_deg(gltf) == pytest.approx(90.0)
+    gltf["nodes"][0].pop("rotation")
+    assert orphan_skin_rotation_deg(gltf) == pytest.approx(0.0)  # nothing to disagree about

@@ -16,7 +16,13 @@ from curation.asset_task import process_asset
 from curation.image_checks import touches_border
 from curation.sources import AssetRecord
 from profiles import load_profile
-from tests.gltf_assets import bent_cylinder_glb, plane_glb, two_actions_glb, unit_cube_glb
+from tests.gltf_assets import (
+    bent_cylinder_glb,
+    orphan_skeleton_glb,
+    plane_glb,
+    two_actions_glb,
+    unit_cube_glb,
+)
 from tests.test_blender_render import run_script, small_job
 
 pytestmark = pytest.mark.blender
@@ -101,6 +107,19 @@ def test_clip_choice_by_name_or_longest_lists_every_action(tmp_path):
     assert res["extent_xyz"][0] == pytest.approx(0.6, abs=1e-4) and res["extent_xyz"][2] > 0.4
     code, res = found["nope"]
     assert code == 3 and res["reason"] == "bad_clip" and "slide_long" in res["detail"]
+
+
+def test_orphan_skeleton_root_is_detected_with_its_evidence(tmp_path):
+    asset = tmp_path / "orphan.glb"
+    asset.write_bytes(orphan_skeleton_glb())
+    out = tmp_path / "an"
+    proc = run_script("analyze_asset", small_job(asset, out, mode="static"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "analysis.json").read_text())
+    assert res["orphan_skeleton"] and res["orphan_skins"] == [0]
+    assert res["orphan_skin_rotation_deg"] == pytest.approx(90.0)
+    x, y, z = res["extent_xyz"]  # lying down: its 2 m height along Blender Y, not Z
+    assert y == pytest.approx(2.0, abs=1e-4) and z < 0.5
 
 
 def _cfg(tmp_path, *sets):
