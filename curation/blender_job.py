@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +54,21 @@ def _tail(path: Path, lines: int = 12) -> str:
     return "\n".join(text[-lines:])
 
 
+def output_ok(path: Path) -> bool:
+    """An output exists and is not empty, and a PNG decodes (a full disk leaves zero-byte or cut PNGs)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        if path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+    except Exception:  # PIL raises several types for a cut or corrupt file
+        return False
+    return True
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -89,9 +105,13 @@ def run_blender_script(
     child_env = dict(os.environ, **(env or {}))
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     child_env[PARENT_PID_ENV] = str(os.getpid())  # the script dies with us (job.exit_with_parent)
+    # Blender leaves a blender_* folder in the temp directory per process: give it one we remove
+    tmp_dir = work_dir / "tmp"
+    child_env["TMPDIR"] = str(tmp_dir)
     budget = float(timeout_s)
     for attempt in range(1, retries + 2):
         result_path.unlink(missing_ok=True)
+        tmp_dir.mkdir(exist_ok=True)
         with open(log_path, "a") as logf:
             logf.write(f"\n===== attempt {attempt}: {module} =====\n")
             logf.flush()
@@ -127,13 +147,14 @@ def run_blender_script(
             detail = f"exit code {rc}; log tail:\n{_tail(log_path)}"
             outcome = JobOutcome("failed", "crash", detail, attempt, result=result)
             continue
-        missing = [str(p) for p in (expected_files(result) if expected_files else []) if not p.is_file()]
+        missing = [str(p) for p in (expected_files(result) if expected_files else []) if not output_ok(p)]
         if missing:
-            detail = f"{len(missing)} expected outputs missing, e.g. {missing[0]}"
+            detail = f"{len(missing)} expected outputs missing or unreadable, e.g. {missing[0]}"
             outcome = JobOutcome("failed", "missing_outputs", detail, attempt, result=result)
             continue
         outcome = JobOutcome("ok", None, "", attempt, result=result)
         break
+    shutil.rmtree(tmp_dir, ignore_errors=True)
     outcome.seconds = time.monotonic() - start
     outcome.timeout_s = outcome.timeout_s or budget
     return outcome

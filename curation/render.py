@@ -87,6 +87,8 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # no usage report and no cloud-metadata probes by default; set RAY_USAGE_STATS_ENABLED=1 to allow them
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
     if address:

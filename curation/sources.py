@@ -617,7 +617,8 @@ def _fetch_objaverse_xl(record: AssetRecord, cfg: AssetsConfig) -> Path:
         raise AssetFetchError(record.uid, f"not a GitHub blob URL: {record.url!r}")
     org, repo, _commit, rel = m.groups()
     base = _cache_dir(cfg)
-    local = base / "github" / "repos" / org / repo / rel
+    repos = (base / "github" / "repos").resolve()
+    local = confined(repos, Path(org) / repo / rel, record.uid)
     if local.is_file():
         return local
     _probe("github.com", cfg.fetch_timeout_s, record.uid)
@@ -634,7 +635,16 @@ def _fetch_objaverse_xl(record: AssetRecord, cfg: AssetsConfig) -> Path:
         raise AssetFetchError(
             record.uid, f"objaverse.xl download failed: {type(exc).__name__}: {exc}"
         ) from exc
-    path = Path(paths.get(record.url, local))
+    path = confined(repos, Path(paths.get(record.url, local)), record.uid)
     if not path.is_file():
         raise AssetFetchError(record.uid, f"{record.url} is not in the cloned repository")
     return path
+
+
+def confined(root: Path, path: Path, uid: str) -> Path:
+    """`path` (relative to `root`, or absolute) resolved, symlinks included; AssetFetchError unless it lies
+    inside `root`: an annotation with `..` or a link in a cloned repository must not pick any local file."""
+    full = (root / path).resolve()
+    if full != root and root not in full.parents:
+        raise AssetFetchError(uid, f"{path} leaves the cache folder {root}")
+    return full

@@ -117,7 +117,7 @@ class RenderConfig:
     mode: Literal["4d", "static"] = "4d"
     """4d: animated assets, F frames; static: orbit-only samples (F = 1) for 3D pre-training."""
     timeout_s: float = 600.0
-    """Per-asset wall-clock limit of one Blender process."""
+    """Wall-clock limit of one Blender process: this fixed part plus timeout_per_image_s per image."""
     retries: int = 1
     """Extra attempts after a crash or a timeout (a bad asset is not retried)."""
     cpus_per_task: float = 1.0
@@ -151,6 +151,10 @@ class RenderConfig:
             raise ValueError("timeout_s must be positive and timeout_per_image_s >= 0")
         if self.timeout_growth < 1.0:
             raise ValueError(f"timeout_growth must be >= 1, got {self.timeout_growth}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.cpus_per_task <= 0 or self.gpus_per_task < 0:
+            raise ValueError("cpus_per_task must be positive and gpus_per_task >= 0")
         if self.num_frames < 1:
             raise ValueError("num_frames must be at least 1")
         if self.samples < 1:

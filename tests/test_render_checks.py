@@ -319,3 +319,55 @@ def test_orphan_skin_rotation_is_the_viewer_blender_disagreement():
     assert orphan_skin_rotation_deg(gltf) == pytest.approx(90.0)
     gltf["nodes"][0].pop("rotation")
     assert orphan_skin_rotation_deg(gltf) == pytest.approx(0.0)  # nothing to disagree about
+
+
+def test_objaverse_xl_paths_stay_in_the_cache(tmp_path):
+    from curation.sources import AssetFetchError, AssetRecord, _fetch_objaverse_xl
+
+    secret = tmp_path / "secret.glb"
+    secret.write_bytes(b"glTF")
+    cfg = load_profile("demo", [f"assets.cache_dir={tmp_path / 'cache'}"]).assets
+    (tmp_path / "cache" / "github" / "repos" / "org" / "repo").mkdir(parents=True)
+    url = "https://github.com/org/repo/blob/abc/../../../../../secret.glb"  # = tmp_path/secret.glb
+    rec = AssetRecord(uid="x", source="objaverse_xl", url=url, license="cc0")
+    with pytest.raises(AssetFetchError, match="leaves the cache folder"):
+        _fetch_objaverse_xl(rec, cfg)
+
+
+def test_outputs_are_checked_by_decoding(tmp_path):
+    from PIL import Image
+
+    from curation.blender_job import output_ok
+
+    good = tmp_path / "good.png"
+    Image.new("RGBA", (8, 8)).save(good)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")  # what Blender wrote on a full disk
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:40])
+    assert output_ok(good) and not output_ok(empty) and not output_ok(cut)
+    assert not output_ok(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize(
+    "setting", ["render.timeout_s=0", "render.retries=-1", "render.cpus_per_task=0", "render.fill=1.5"]
+)
+def test_damaging_settings_are_refused_at_load(setting):
+    from profiles import ConfigError
+
+    with pytest.raises(ConfigError, match=setting.split("=")[0].split(".")[1]):
+        load_profile("demo", [setting])
+
+
+def test_blender_processes_leave_no_temp_folders(tmp_path):
+    from curation.blender_job import run_blender_script
+
+    out = run_blender_script(
+        "tests.fake_job",
+        {"out_dir": str(tmp_path), "behaviour": ["ok"]},
+        tmp_path,
+        "result.json",
+        timeout_s=20.0,
+        expected_files=lambda res: [],
+    )
+    assert out.ok and not (tmp_path / "tmp").exists()
