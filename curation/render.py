@@ -259,8 +259,11 @@ def render_shard(
         redo = []
         for record in records:
             done = read_done_rows(paths["work"] / record.uid, None, None)
-            if done is not None and any(r["status"] == "failed" for r in done):
+            failed = [r for r in done or [] if r["status"] == "failed"]
+            if failed:
                 (paths["work"] / record.uid / DONE_FILE).unlink()
+                for row in failed:  # a clip of `render.clip.select: all` keeps its own row
+                    (clip_dir(paths["work"], record.uid, row["uid"]) / DONE_FILE).unlink(missing_ok=True)
                 redo.append(record.uid)
         log.info("%s: retrying %d failed asset(s): %s", shard_name(shard), len(redo), redo)
     if not force and shard_is_complete(records, cfg, paths):
