@@ -2,25 +2,25 @@
 
     .venv/bin/python -m blender_scripts.render_asset --job JOB.json
 
-JOB.json (blender_scripts.job.RenderJob; defaults in brackets):
-    uid, asset_path (absolute), out_dir (absolute)           required
-    mode ["4d"] | "static"       static renders F = 1 (static_frame or the clip start) and needs no animation
-    resolution [96], num_frames [6], clip_duration_s [0 = whole action]
-    orbits [["static", "dynamic"]]
-    orbit {num_views [6], static_elevation_deg [10], dynamic_elevation_range_deg [[-5, 30]],
-           dynamic_azimuth_jitter [0.5], radius [2.0], fov_deg [33.8]}
-    samples [8], denoiser ["none"] | "OIDN" | "OPTIX", device ["CPU"] | "CUDA" | "OPTIX" | "auto",
-    threads [1] (0 = all cores), adaptive_threshold [0 = off], max_bounces [4],
-    seed [1234] (Cycles seed and the dynamic orbit's seed)
-    crop_border [true]: render only the object's projected bounding box (+3 px) of each image; the pixels
-        outside are transparent anyway, so the image is the same, 2-3x faster (see object_border)
-    environment [{"kind": "sky", "strength": 1}] | {"kind": "hdri", "path", "rotation_deg", "strength"}
-    global_offsets [null] | F triples: world offsets subtracted per rendered frame before normalization
-    static_frame [null]: static mode on an animated asset poses it at this source frame
+JOB.json (blender_scripts.job.RenderJob): uid, asset_path (absolute), out_dir (absolute), and
+    render       the profile's `render` section as is (profiles/schema.py RenderConfig: mode, resolution,
+                 num_frames, clip_duration_s, orbits, orbit, samples, denoiser, device, threads,
+                 adaptive_threshold, max_bounces, fill, min_margin_px, crop_border, ...)
+    seed         Cycles seed and the dynamic orbit's seed
+    environment  {"kind": "sky", "strength"} | {"kind": "hdri", "path", "rotation_deg", "strength"}
+    global_offsets  null | F triples: world offsets subtracted per rendered frame before normalization
+    static_frame    null | the source frame that static mode poses an animated asset at
+    action, clip_start  the action to play (null: the longest) and the clip's first source frame
+    crop_border: render only the object's projected bounding box (+3 px) of each image; the pixels outside
+        are transparent anyway, so the image is the same, 2-3x faster (see object_border)
+Framing: the scale is the largest at which every vertex of every rendered frame projects within
+render.fill of the half side from the image centre in every camera (normalize.framing_scale), so no
+image has alpha on its border; result.json's normalization records it beside the unit-extent scale.
 
 Writes into out_dir:
     {orbit}/v{VV:02d}_f{FF:02d}.png   RGBA 8-bit, transparent background, Standard view transform
     blender.log                       Blender's own output (importer, Cycles), appended per attempt
+    progress.json                     {"images_done", "images_total", "elapsed_s"} after every image
     result.json                       written last; status "ok" with cameras (OpenCV c2w, see cameras.py),
                                       frames, normalization, counts, timings; or status "failed" + reason
 Exit codes: 0 ok, 1 crash, 2 bad job, 3 bad asset (result.json has the reason; do not retry).
