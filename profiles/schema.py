@@ -188,9 +188,10 @@ class FilterConfig:
     min_motion: float = 0.01
     """small_motion: mean per-vertex displacement after correction, relative to object size, below this."""
     max_scale_ratio: float = 1.5
-    """inconsistent_scale: max over min over time of the object's local size (the median distance between
-    nearby sampled vertices: exact for uniform scaling, 1 for rigid or articulated motion) above this. The
-    radius-of-gyration ratio (which rises when parts move apart) stays recorded as gyration_scale_ratio."""
+    """inconsistent_scale: max over min over time of the object's local scale (the area change of small
+    surface patches: exact for uniform scaling, 1 for rigid or articulated motion, ~1 for squash and
+    stretch) above this. The radius-of-gyration ratio (which rises when rigid parts move apart) stays
+    recorded as gyration_scale_ratio."""
     min_clip_frames: int = 2
     """clip_too_short: the chosen action spans fewer frames than this (4d mode)."""
     max_vertices: int = 2_000_000
