@@ -116,7 +116,9 @@ def decide(
     if metrics is not None:
         values["motion"] = float(metrics["motion"])
         values["scale_ratio"] = float(metrics["scale_ratio"])
-        extra.update({k: float(v) for k, v in metrics.items() if k not in ("motion", "scale_ratio")})
+        if "gyration_scale_ratio" in metrics:  # the former measure, kept for comparison
+            values["gyration_scale_ratio"] = float(metrics["gyration_scale_ratio"])
+        extra.update({k: float(v) for k, v in metrics.items() if k not in values})
 
     def out(reason: str | None, detail: str = "") -> Decision:
         return Decision("accept" if reason is None else "filtered", reason, detail, values, extra)

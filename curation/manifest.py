@@ -49,6 +49,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "max_coverage": pa.float64(),
     "orphan_skeleton": pa.bool_(),
     "timeout_s": pa.float64(),
+    "gyration_scale_ratio": pa.float64(),
 }
 
 
