@@ -371,3 +371,35 @@ def test_blender_processes_leave_no_temp_folders(tmp_path):
         expected_files=lambda res: [],
     )
     assert out.ok and not (tmp_path / "tmp").exists()
+
+
+def test_work_images_can_go_once_the_shard_holds_them(tmp_path):
+    from PIL import Image
+
+    from blender_scripts.cameras import static_orbit
+    from curation.render import build_shard, shard_paths
+    from curation.sources import AssetRecord
+    from shards.reader import iter_render_samples
+
+    paths = shard_paths(tmp_path, 0)
+    sample_dir = paths["work"] / "a"
+    (sample_dir / "static").mkdir(parents=True)
+    result = {
+        "uid": "a",
+        "mode": "static",
+        "resolution": 8,
+        "fov_deg": 33.8,
+        "K": intrinsics(33.8, 8).tolist(),
+        "cameras": {"static": static_orbit(2, 10.0, 2.0).to_json()},
+        "frames": {"source_frames": [1.0]},
+        "normalization": {"scale": 1.0, "offset": [0, 0, 0]},
+    }
+    (sample_dir / "result.json").write_text(json.dumps(result))
+    for v in range(2):
+        Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(sample_dir / "static" / f"v{v:02d}_f00.png")
+    record = AssetRecord(uid="a", source="local", path="a.glb", license="cc0")
+    rows = [[{"uid": "a", "source": "local", "status": "rendered"}]]
+    assert build_shard([record], rows, paths, keep_images=False) == 1
+    (sample,) = list(iter_render_samples(paths["tar"]))
+    assert sample.images["static"].shape == (2, 1, 8, 8, 4) and sample.images["static"][..., 0].min() == 255
+    assert not list(sample_dir.glob("*/*.png")) and (sample_dir / "result.json").is_file()
