@@ -138,6 +138,10 @@ def test_fox_result_metadata(fox_render):
                 project(np.zeros(3), np.array(c2w), np.array(res["K"])), [32, 32], atol=1e-6
             )
     assert res["timings"]["images"] == 18
+    # per-image progress for the orchestrator, and a log line per image
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["images_done"] == progress["images_total"] == 18
+    assert "image 18/18" in proc.stderr
     # Cycles' chatter goes to the per-asset log, not to the process output
     assert "Fra:" in (out / "blender.log").read_text()
     assert "Fra:" not in proc.stdout + proc.stderr
