@@ -146,6 +146,7 @@ def analyze(job: RenderJob) -> dict[str, Any]:
         "orphan_skeleton": orphan_rotation > 1.0,
         "orphan_skins": orphans,
         "orphan_skin_rotation_deg": orphan_rotation,
+        "orphan_skeleton_pose": asset.viewer_fix,
         # up-axis evidence: the clip's extent along Blender's X, Y, Z (a figure lying down has a small Z)
         "extent_xyz": (np.array(maxs).max(0) - np.array(mins).min(0)).tolist(),
         "single_sided_materials": asset.single_sided,

@@ -7,9 +7,11 @@ armature, and the armature built from the orphan joints gets no scene transform 
 viewers instead bind the mesh with its node's world matrix (`SkinnedMesh.bind(skeleton, matrixWorld)`).
 When the mesh node sits under a scene root that rotates Z-up data to glTF's Y-up, as many converters
 write, the viewers show the figure upright and Blender shows it lying down. Nothing in the file says which
-is meant, so we record the case with the disagreeing rotation (`orphan_skin_rotation_deg`) and a filter
-decides (FilterConfig.filter_orphan_skeleton). A fix inside Blender would have to rotate the root bone,
-not the armature object: the importer makes the armature object the parent of every scene node.
+is meant. By default the renderer poses such a skin as the viewers show it (`render.orphan_skeleton:
+viewer`, scene_io.apply_viewer_transform: a new root bone carries the mesh node's world matrix; the armature
+object cannot, as the importer makes it the parent of every scene node); `gltf` keeps the importer's
+orientation. Either way the analysis records the case and the disagreeing rotation
+(`orphan_skin_rotation_deg`), and a filter can drop such assets (FilterConfig.filter_orphan_skeleton).
 """
 
 from __future__ import annotations
@@ -112,3 +114,21 @@ def orphan_skin_rotation_deg(gltf: dict[str, Any]) -> float:
             cos = np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0)
             worst = max(worst, float(np.degrees(np.arccos(cos))))
     return worst
+
+
+#: glTF (Y up) to Blender (Z up) coordinates: (x, y, z) -> (x, -z, y), as the importer converts them
+GLTF_TO_BLENDER = np.array([[1.0, 0, 0, 0], [0, 0, -1.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]])
+
+
+def orphan_skin_viewer_matrix(gltf: dict[str, Any]) -> np.ndarray | None:
+    """(4, 4) Blender-space matrix that three.js-style viewers apply to the mesh skinned by an orphan skin
+    (its mesh node's world matrix); None without an orphan skin, or when several disagree."""
+    orphans = set(orphan_skins(gltf))
+    found = []
+    for i, node in enumerate(gltf.get("nodes") or []):
+        if node.get("skin") in orphans and "mesh" in node:
+            m = node_world_matrix(gltf, i)
+            found.append(GLTF_TO_BLENDER @ m @ GLTF_TO_BLENDER.T)
+    if not found or any(not np.allclose(f, found[0], atol=1e-6) for f in found):
+        return None
+    return found[0]

@@ -346,6 +346,7 @@ def render(job: RenderJob) -> dict[str, Any]:
         "num_meshes": len(asset.meshes),
         "mesh_names": [m.name for m in asset.meshes],
         "single_sided_materials": asset.single_sided,
+        "orphan_skeleton_pose": asset.viewer_fix,
         "environment": env_used,
         "render_settings": settings,
         "timings": {

@@ -488,6 +488,8 @@ class LoadedAsset:
     import_s: float
     single_sided: int = 0
     """Materials whose back faces were made transparent (glTF doubleSided false)."""
+    viewer_fix: str | None = None
+    """What apply_viewer_transform did: None (no orphan skin), "applied", or why not."""
 
     def frames_json(self) -> dict:
         d = self.clip.to_json()
@@ -512,6 +514,9 @@ def load_asset(job: Any, log_path: str) -> LoadedAsset:
     import_s = time.perf_counter() - t0
     meshes = prepare_asset_scene()
     single_sided = honour_backface_culling(meshes)
+    viewer_fix = None
+    if getattr(r, "orphan_skeleton", "gltf") == "viewer":
+        viewer_fix = apply_viewer_transform(job.asset_path)
     clip = find_clip(job.action)
     frames, times = select_frames(
         clip, r.mode, r.num_frames, r.clip_duration_s, job.static_frame, job.clip_start
@@ -519,7 +524,7 @@ def load_asset(job: Any, log_path: str) -> LoadedAsset:
     scene = bpy.context.scene
     scene.frame_start = min(scene.frame_start, math.floor(frames.min()))
     scene.frame_end = max(scene.frame_end, math.ceil(frames.max()))
-    return LoadedAsset(meshes, clip, frames, times, import_s, single_sided)
+    return LoadedAsset(meshes, clip, frames, times, import_s, single_sided, viewer_fix)
 
 
 BACKFACE_NODE = "sv4d2_backface"
@@ -559,3 +564,56 @@ def honour_backface_culling(meshes: list[Any]) -> int:
             tree.links.new(mix.outputs["Shader"], out.inputs["Surface"])
             done += 1
     return done
+
+
+VIEWER_BONE = "sv4d2_viewer_root"
+
+
+def apply_viewer_transform(asset_path: str) -> str | None:
+    """Pose a glTF skin whose joints are in no scene as three.js viewers show it (gltf_checks docstring).
+
+    A new root bone (rest: identity) becomes the parent of the armature's root bones, and its pose carries
+    the skinned mesh node's world matrix, so the deformed mesh turns with it while the importer's other
+    objects (parented to the armature object, not to bones) stay put. Returns None when the file has no
+    orphan skin, "applied", or the reason it was not ("ambiguous": not exactly one such skin/armature).
+    """
+    import bpy
+    from mathutils import Matrix
+
+    from blender_scripts.gltf_checks import orphan_skin_viewer_matrix, orphan_skins, read_gltf_json
+
+    gltf = read_gltf_json(asset_path)
+    if gltf is None or not orphan_skins(gltf):
+        return None
+    matrix = orphan_skin_viewer_matrix(gltf)
+    orphan_collections = [c for c in bpy.data.collections if c.name.startswith("Orphan Nodes")]
+    armatures = [
+        o for c in orphan_collections for o in c.objects if o.type == "ARMATURE" and o.parent is None
+    ]
+    if matrix is None or len(armatures) != 1 or len(orphan_skins(gltf)) != 1:
+        return "ambiguous"
+    if np.allclose(matrix, np.eye(4), atol=1e-9):
+        return "identity"
+    arm = armatures[0]
+    view_layer = bpy.context.view_layer
+    scene_root = bpy.context.scene.collection
+    linked = arm.name not in view_layer.objects  # the importer's orphan collection is excluded
+    if linked:  # edit mode needs the object in the view layer, for the edit only
+        scene_root.objects.link(arm)
+    view_layer.objects.active = arm
+    bpy.ops.object.mode_set(mode="EDIT")
+    bones = arm.data.edit_bones
+    roots = [b for b in bones if b.parent is None]
+    fix = bones.new(VIEWER_BONE)
+    fix.head, fix.tail, fix.roll = (0.0, 0.0, 0.0), (0.0, 0.1, 0.0), 0.0  # rest = identity
+    fix.use_deform = False
+    for b in roots:
+        b.use_connect = False
+        b.parent = fix
+    bpy.ops.object.mode_set(mode="OBJECT")
+    if linked:
+        scene_root.objects.unlink(arm)
+    pose = arm.pose.bones[VIEWER_BONE]
+    pose.matrix_basis = Matrix(np.asarray(matrix, dtype=np.float64).tolist())
+    view_layer.update()
+    return "applied"

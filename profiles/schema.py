@@ -137,6 +137,9 @@ class RenderConfig:
     timeout_growth: float = 2.0
     """A retry after a timeout gets this many times the budget (1: a timeout is not retried, since the
     same budget would time out again)."""
+    orphan_skeleton: Literal["viewer", "gltf"] = "viewer"
+    """A glTF skin whose joints are in no scene: pose it as three.js viewers show it (viewer: the mesh
+    node's world matrix applies, usually upright) or as the glTF rule and Blender's importer do (gltf)."""
     keep_work_images: bool = True
     """false: delete the work folder's PNGs once the shard tar holds them (result.json etc. stay)."""
 

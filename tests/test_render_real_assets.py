@@ -109,17 +109,28 @@ def test_clip_choice_by_name_or_longest_lists_every_action(tmp_path):
     assert code == 3 and res["reason"] == "bad_clip" and "slide_long" in res["detail"]
 
 
-def test_orphan_skeleton_root_is_detected_with_its_evidence(tmp_path):
+def test_orphan_skeleton_root_is_detected_and_posed_as_viewers_show_it(tmp_path):
     asset = tmp_path / "orphan.glb"
     asset.write_bytes(orphan_skeleton_glb())
-    out = tmp_path / "an"
-    proc = run_script("analyze_asset", small_job(asset, out, mode="static"), tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((out / "analysis.json").read_text())
-    assert res["orphan_skeleton"] and res["orphan_skins"] == [0]
-    assert res["orphan_skin_rotation_deg"] == pytest.approx(90.0)
-    x, y, z = res["extent_xyz"]  # lying down: its 2 m height along Blender Y, not Z
+    found = {}
+    for mode in ("gltf", "viewer"):
+        out = tmp_path / mode
+        proc = run_script(
+            "analyze_asset", small_job(asset, out, mode="static", orphan_skeleton=mode), tmp_path
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found[mode] = json.loads((out / "analysis.json").read_text())
+    for res in found.values():
+        assert res["orphan_skeleton"] and res["orphan_skins"] == [0]
+        assert res["orphan_skin_rotation_deg"] == pytest.approx(90.0)
+    # the importer's (glTF rule) pose: lying, its 2 m height along Blender Y
+    x, y, z = found["gltf"]["extent_xyz"]
+    assert found["gltf"]["orphan_skeleton_pose"] is None
     assert y == pytest.approx(2.0, abs=1e-4) and z < 0.5
+    # the viewers' pose: upright along Blender Z
+    x, y, z = found["viewer"]["extent_xyz"]
+    assert found["viewer"]["orphan_skeleton_pose"] == "applied"
+    assert z == pytest.approx(2.0, abs=1e-4) and y < 0.5 and x == pytest.approx(0.4, abs=1e-4)
 
 
 def _cfg(tmp_path, *sets):
