@@ -403,3 +403,18 @@ def test_work_images_can_go_once_the_shard_holds_them(tmp_path):
     (sample,) = list(iter_render_samples(paths["tar"]))
     assert sample.images["static"].shape == (2, 1, 8, 8, 4) and sample.images["static"][..., 0].min() == 255
     assert not list(sample_dir.glob("*/*.png")) and (sample_dir / "result.json").is_file()
+
+
+def test_render_jobs_are_cfg_render_plus_the_per_asset_fields(tmp_path):
+    from blender_scripts.job import RenderJob
+    from curation.asset_task import base_job
+
+    cfg = load_profile("sv4d2")
+    job = base_job(cfg, "a", tmp_path / "a.glb", tmp_path / "out")
+    back = RenderJob.from_dict(json.loads(json.dumps(job)))  # through the JSON file, as the scripts read it
+    assert back.render == cfg.render  # no second copy of the settings with other defaults
+    assert back.num_images == 24 * 2 * 24
+    with pytest.raises(ValueError, match="job.render.samples"):
+        RenderJob.from_dict({**job, "render": {**job["render"], "samples": "many"}})
+    with pytest.raises(ValueError, match="unknown key job.resolution"):
+        RenderJob.from_dict({**job, "resolution": 64})  # the old flat layout is refused, not ignored
