@@ -94,7 +94,9 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # "local": a new instance even when `ray start` left a cluster on this machine (ray.init() would
+        # join it and then refuse num_cpus)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def _cluster_resources() -> dict[str, float] | None:
