@@ -36,6 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from curation.image_checks import image_stats  # noqa: E402
+
 
 def run_job(job: dict, work: Path) -> dict:
     out = Path(job["out_dir"])
@@ -83,8 +85,8 @@ def bench_job(profile: str, overrides: list[str], asset: Path, out: Path, views:
 
     cfg = load_profile(profile, overrides)
     job = base_job(cfg, asset.stem, asset, out)
-    job.update(device="CPU", orbits=["static"], num_frames=frames, mode="4d")
-    job["orbit"]["num_views"] = views
+    job["render"].update(device="CPU", orbits=["static"], num_frames=frames, mode="4d")
+    job["render"]["orbit"]["num_views"] = views
     return job
 
 
@@ -108,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         job = bench_job(profile, args.set, args.asset.resolve(), out, args.views, args.frames)
         res = run_job(job, args.work)
         t = res["timings"]
-        threads = job["threads"] or os.cpu_count()
+        r = job["render"]
+        threads = r["threads"] or os.cpu_count()
+        stats = image_stats(out, res)
         names = [p.relative_to(out).as_posix() for p in sorted(out.glob("static/*.png"))]
         psnr = worst = float("nan")
         if not args.no_reference:
-            ref = dict(job, samples=args.ref_samples, denoiser="none", adaptive_threshold=0.0)
-            ref["max_bounces"] = max(8, int(job["max_bounces"]))
-            ref["seed"] = int(job["seed"]) + 1
+            ref_render = dict(r, samples=args.ref_samples, denoiser="none", adaptive_threshold=0.0)
+            ref_render["max_bounces"] = max(8, int(r["max_bounces"]))
+            ref = dict(job, render=ref_render, seed=int(job["seed"]) + 1)
             key = hashlib.sha1(
                 json.dumps({k: v for k, v in ref.items() if k != "out_dir"}, sort_keys=True).encode()
             )
@@ -127,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             {
                 "profile": profile,
-                "res": job["resolution"],
-                "spp": job["samples"],
-                "adaptive": job["adaptive_threshold"],
-                "bounces": job["max_bounces"],
-                "denoiser": job["denoiser"],
+                "res": r["resolution"],
+                "spp": r["samples"],
+                "adaptive": r["adaptive_threshold"],
+                "bounces": r["max_bounces"],
+                "denoiser": r["denoiser"],
                 "threads": threads,
                 "images": t["images"],
                 "wall_s_per_image": t["render_s"] / t["images"],
@@ -139,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s_max": float(max(t["image_s"])),
                 "psnr_db": psnr,
                 "worst_psnr_db": worst,
+                "scale": res["normalization"]["scale"],
+                "border_images": stats["border_images"],
+                "coverage_min": stats["min_coverage"],
+                "coverage_max": stats["max_coverage"],
             }
         )
     header = (
         "| profile | res | spp | adaptive | bounces | denoiser | threads | images "
-        "| wall s/img | cpu s/img | slowest s | PSNR dB | worst dB |"
+        "| wall s/img | cpu s/img | slowest s | PSNR dB | worst dB | border imgs | coverage min-max |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -153,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['denoiser']} | {r['threads']} | {r['images']} "
             f"| {r['wall_s_per_image']:.2f} | {r['cpu_s_per_image']:.2f} "
             f"| {r['wall_s_max']:.2f} "
-            f"| {r['psnr_db']:.2f} | {r['worst_psnr_db']:.2f} |"
+            f"| {r['psnr_db']:.2f} | {r['worst_psnr_db']:.2f} "
+            f"| {r['border_images']} | {r['coverage_min']:.3f}-{r['coverage_max']:.3f} |"
         )
     (args.work / "bench.json").write_text(json.dumps(rows, indent=1))
     return 0

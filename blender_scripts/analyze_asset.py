@@ -2,8 +2,10 @@
 
     .venv/bin/python -m blender_scripts.analyze_asset --job JOB.json
 
-Reads the same JOB.json as render_asset; uses uid, asset_path, out_dir, mode, num_frames, clip_duration_s,
-static_frame and the optional max_points [20000]. Samples the clip's frames exactly as render_asset does.
+Reads the same JOB.json as render_asset; uses uid, asset_path, out_dir, render.{mode, num_frames,
+clip_duration_s, clip}, action, clip_start, static_frame and max_points. Samples the clip's frames exactly
+as render_asset does. With measure_actions it instead samples every action (actions.npz, actions.json) for
+render.clip.select most_motion.
 
 Writes into out_dir:
     analysis.npz    positions float32 (F, P, 3): world-space evaluated positions of a deterministic subsample
@@ -13,7 +15,8 @@ Writes into out_dir:
                     (asset meshes sorted by name)
     blender.log     importer output, appended
     analysis.json   written last: {"status": "ok"|"failed", "uid", "reason", "detail", "num_vertices",
-                    "num_faces", "num_meshes", "frames": {...as in result.json}, "has_animation", "timings"}
+                    "num_faces", "num_meshes", "frames": {...as in result.json, with every action},
+                    "has_animation", "orphan_skeleton", "extent_xyz", "timings"}
 Exit codes: 0 ok, 1 crash, 2 bad job, 3 bad asset (analysis.json has the reason; do not retry).
 """
 
@@ -37,8 +40,42 @@ def subsample_indices(num_vertices: int, max_points: int, seed: int = 0) -> np.n
     return np.sort(np.random.default_rng(seed).choice(num_vertices, size=max_points, replace=False))
 
 
+def measure_actions(job: RenderJob, asset: Any, out_dir: Path) -> dict[str, Any]:
+    """Sample every action at render.clip.motion_samples uniform frames (render.clip.select most_motion).
+
+    Writes actions.npz: positions_{i} float32 (K, P, 3) (the same vertex subsample for every action) and
+    frames_{i} (K,) for action i of the returned "actions" list.
+    """
+    from blender_scripts import scene_io
+
+    actions = asset.clip.actions
+    arrays: dict[str, np.ndarray] = {}
+    index = None
+    for i, action in enumerate(actions):
+        scene_io.apply_action(action["name"])
+        lo, hi = action["frame_range"]
+        frames = np.linspace(lo, hi, int(job.render.clip.motion_samples)) if hi > lo else np.array([lo])
+        positions = []
+        for frame in frames:
+            scene_io.set_frame(float(frame))
+            verts = np.concatenate(scene_io.evaluated_vertices(asset.meshes))
+            if index is None:
+                count = len(verts)
+                index = subsample_indices(count, int(job.max_points))
+            elif len(verts) != count:
+                raise scene_io.AssetError(
+                    "varying_topology", f"vertex count changes over the actions ({count} then {len(verts)})"
+                )
+            positions.append(verts[index].astype(np.float32))
+        arrays[f"positions_{i}"] = np.stack(positions)
+        arrays[f"frames_{i}"] = frames
+    np.savez(out_dir / "actions.npz", **arrays)
+    return {"status": "ok", "uid": job.uid, "actions": actions, "fps": asset.clip.fps}
+
+
 def analyze(job: RenderJob) -> dict[str, Any]:
     from blender_scripts import scene_io
+    from blender_scripts.gltf_checks import orphan_skin_rotation_deg, orphan_skins, read_gltf_json
 
     t_start = time.perf_counter()
     out_dir = Path(job.out_dir)
@@ -46,9 +83,7 @@ def analyze(job: RenderJob) -> dict[str, Any]:
     with open(log_path, "a") as f:
         f.write(f"=== analyze_asset {job.uid} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
     try:
-        asset = scene_io.load_asset(
-            job.asset_path, job.mode, job.num_frames, job.clip_duration_s, job.static_frame, str(log_path)
-        )
+        asset = scene_io.load_asset(job, str(log_path))
     except scene_io.AssetError as exc:
         if exc.reason == "no_animation":  # the scene is loaded: record the counts for the manifest anyway
             meshes = scene_io.asset_meshes()
@@ -60,6 +95,11 @@ def analyze(job: RenderJob) -> dict[str, Any]:
                 "has_animation": False,
             }
         raise
+    if job.measure_actions:
+        return measure_actions(job, asset, out_dir)
+    gltf = read_gltf_json(job.asset_path)
+    orphans = orphan_skins(gltf) if gltf is not None else []
+    orphan_rotation = orphan_skin_rotation_deg(gltf) if orphans else 0.0
     t_eval = time.perf_counter()
     positions, mins, maxs = [], [], []
     index = None
@@ -95,13 +135,21 @@ def analyze(job: RenderJob) -> dict[str, Any]:
         "uid": job.uid,
         "reason": None,
         "detail": None,
-        "mode": job.mode,
+        "mode": job.render.mode,
         "num_vertices": int(nv),
         "num_faces": int(nf),
         "num_meshes": len(asset.meshes),
         "num_points": len(index),
         "frames": asset.frames_json(),
         "has_animation": bool(asset.clip.has_animation),
+        # viewers and Blender disagree on the orientation (blender_scripts/gltf_checks.py)
+        "orphan_skeleton": orphan_rotation > 1.0,
+        "orphan_skins": orphans,
+        "orphan_skin_rotation_deg": orphan_rotation,
+        "orphan_skeleton_pose": asset.viewer_fix,
+        # up-axis evidence: the clip's extent along Blender's X, Y, Z (a figure lying down has a small Z)
+        "extent_xyz": (np.array(maxs).max(0) - np.array(mins).min(0)).tolist(),
+        "single_sided_materials": asset.single_sided,
         "timings": {"import_s": asset.import_s, "evaluate_s": t_end - t_eval, "total_s": t_end - t_start},
     }
 

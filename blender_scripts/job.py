@@ -1,6 +1,7 @@
 """The per-asset job file (JOB.json) of `render_asset` and `analyze_asset`, and their exit protocol.
 
-No bpy here: the orchestrator can build and validate jobs with `RenderJob.from_dict(...).to_dict()`.
+No bpy here: the orchestrator builds jobs from `cfg.render` (`RenderJob(..., render=cfg.render).to_dict()`)
+and the scripts read them back with the same validation as a profile.
 
 Exit codes of both scripts:
     0  success, result written with status "ok"
@@ -15,9 +16,11 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from profiles.schema import RenderConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,117 +30,71 @@ PARENT_PID_ENV = "SV4D2_PARENT_PID"
 
 
 @dataclass
-class OrbitSpec:
-    num_views: int = 6
-    static_elevation_deg: float = 10.0
-    dynamic_elevation_range_deg: tuple[float, float] = (-5.0, 30.0)
-    dynamic_azimuth_jitter: float = 0.5
-    radius: float = 2.0
-    fov_deg: float = 33.8
-
-
-@dataclass
 class RenderJob:
-    """One asset's render (or analysis) job; field meanings in render_asset's docstring."""
+    """One asset's render (or analysis) job: the profile's `render` section plus what is per asset.
+
+    The render settings are `cfg.render` itself (serialized with `profiles.to_dict`, read back with the same
+    validation), so no default is restated here. Per asset: the paths, the seed, the lighting and the
+    global-motion offsets chosen by curation, and the clip to render.
+    """
 
     uid: str
     asset_path: str
     out_dir: str
-    mode: str = "4d"
-    resolution: int = 96
-    num_frames: int = 6
-    clip_duration_s: float = 0.0
-    orbits: list[str] = field(default_factory=lambda: ["static", "dynamic"])
-    orbit: OrbitSpec = field(default_factory=OrbitSpec)
-    samples: int = 8
-    denoiser: str = "none"
-    device: str = "CPU"
-    threads: int = 1
-    adaptive_threshold: float = 0.0
-    max_bounces: int = 4
+    render: RenderConfig = field(default_factory=RenderConfig)
     seed: int = 1234
+    """Cycles seed and the dynamic orbit's seed."""
     environment: dict = field(default_factory=lambda: {"kind": "sky", "strength": 1.0})
     global_offsets: list[list[float]] | None = None
+    """F triples: world offsets subtracted per rendered frame before normalization."""
     static_frame: float | None = None
+    """static mode on an animated asset poses it at this source frame."""
     max_points: int = 20000
-    crop_border: bool = True
+    action: str | None = None
+    """Render this action (every object that has it in its NLA stack plays it); None: the longest."""
+    clip_start: float | None = None
+    """First source frame of the clip (a most_motion window); None: the action's start."""
+    measure_actions: bool = False
+    """analysis only: sample every action's motion (for render.clip.select most_motion)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RenderJob:
-        known = {f.name for f in fields(cls)}
+        from profiles.loader import from_dict
+
         missing = [k for k in ("uid", "asset_path", "out_dir") if k not in d]
         if missing:
             raise ValueError(f"job is missing required keys {missing}")
-        unknown = sorted(set(d) - known)
-        if unknown:
-            log.warning("ignoring unknown job keys %s", unknown)
-        kwargs = {k: v for k, v in d.items() if k in known}
-        orbit = dict(kwargs.pop("orbit", None) or {})
-        orbit_known = {f.name for f in fields(OrbitSpec)}
-        bad = sorted(set(orbit) - orbit_known)
-        if bad:
-            raise ValueError(f"unknown orbit keys {bad}; known: {sorted(orbit_known)}")
-        if "dynamic_elevation_range_deg" in orbit:
-            orbit["dynamic_elevation_range_deg"] = tuple(orbit["dynamic_elevation_range_deg"])
-        job = cls(orbit=OrbitSpec(**orbit), **kwargs)
-        job.validate()
-        return job
+        return from_dict(cls, d, "job")
 
     def validate(self) -> None:
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(msg)
-
-        check(self.mode in ("4d", "static"), f"mode must be '4d' or 'static', got {self.mode!r}")
-        check(int(self.resolution) >= 8, f"resolution must be at least 8, got {self.resolution}")
-        check(int(self.num_frames) >= 1, f"num_frames must be at least 1, got {self.num_frames}")
-        check(float(self.clip_duration_s) >= 0, f"clip_duration_s must be >= 0, got {self.clip_duration_s}")
-        check(
-            bool(self.orbits)
-            and set(self.orbits) <= {"static", "dynamic"}
-            and len(set(self.orbits)) == len(self.orbits),
-            f"orbits must be distinct names among 'static', 'dynamic', got {self.orbits}",
-        )
-        check(
-            int(self.orbit.num_views) >= 1, f"orbit.num_views must be at least 1, got {self.orbit.num_views}"
-        )
-        check(float(self.orbit.radius) > 0, f"orbit.radius must be positive, got {self.orbit.radius}")
-        check(int(self.samples) >= 1, f"samples must be at least 1, got {self.samples}")
-        check(
-            self.denoiser in ("none", "OIDN", "OPTIX"),
-            f"denoiser must be none/OIDN/OPTIX, got {self.denoiser!r}",
-        )
-        check(
-            self.device in ("CPU", "CUDA", "OPTIX", "auto"),
-            f"device must be CPU/CUDA/OPTIX/auto, got {self.device!r}",
-        )
-        check(int(self.threads) >= 0, f"threads must be >= 0, got {self.threads}")
-        check(int(self.max_bounces) >= 0, f"max_bounces must be >= 0, got {self.max_bounces}")
-        check(
-            float(self.adaptive_threshold) >= 0,
-            f"adaptive_threshold must be >= 0, got {self.adaptive_threshold}",
-        )
-        check(int(self.max_points) >= 1, f"max_points must be at least 1, got {self.max_points}")
         kind = self.environment.get("kind")
-        check(kind in ("sky", "hdri"), f"environment.kind must be 'sky' or 'hdri', got {kind!r}")
-        if kind == "hdri":
-            check(bool(self.environment.get("path")), "environment kind 'hdri' needs a 'path'")
+        if kind not in ("sky", "hdri"):
+            raise ValueError(f"environment.kind must be 'sky' or 'hdri', got {kind!r}")
+        if kind == "hdri" and not self.environment.get("path"):
+            raise ValueError("environment kind 'hdri' needs a 'path'")
+        if self.max_points < 1:
+            raise ValueError(f"max_points must be at least 1, got {self.max_points}")
         if self.global_offsets is not None:
-            frames = 1 if self.mode == "static" else int(self.num_frames)
+            frames = self.rendered_frames
             ok = len(self.global_offsets) == frames and all(len(g) == 3 for g in self.global_offsets)
-            check(
-                ok,
-                f"global_offsets must be {frames} triples (one per frame), got {self.global_offsets}",
-            )
+            if not ok:
+                raise ValueError(
+                    f"global_offsets must be {frames} triples (one per frame), got {self.global_offsets}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["orbit"]["dynamic_elevation_range_deg"] = list(self.orbit.dynamic_elevation_range_deg)
-        return d
+        from profiles.loader import to_dict
+
+        return to_dict(self)
 
     @property
     def rendered_frames(self) -> int:
-        return 1 if self.mode == "static" else int(self.num_frames)
+        return 1 if self.render.mode == "static" else int(self.render.num_frames)
+
+    @property
+    def num_images(self) -> int:
+        """Images of the render pass: views x orbits x frames."""
+        return self.render.orbit.num_views * len(self.render.orbits) * self.rendered_frames
 
 
 def load_job(path: str | os.PathLike) -> RenderJob:

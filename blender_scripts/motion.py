@@ -251,12 +251,13 @@ def motion_metrics(
         position (`mean_displacement`), divided by object_size;
       object_size: largest extent of the union over the clip of the corrected per-frame boxes (what the
         renderer normalizes to 1);
-      scale_ratio: max over min over frames of the radius of gyration of the sampled points (RMS distance
-        to their per-frame centroid); 1 for any rigid motion, exactly s for a uniform scaling by s, inf
-        when the object collapses to a point in some frame. Chosen over bounding-box extents because a
-        box's extents change under rotation alone (a tumbling cube's largest extent varies by up to
-        sqrt(3), which would read as "inconsistent scaling"), and a squash-and-stretch morph changes one
-        extent a lot but its overall size little (demo morph: largest extent 1.63, gyration 1.20);
+      scale_ratio: max over min over frames of the local surface scale (`local_size`: how the area of small
+        surface patches changes); exactly s for a uniform scaling by s, 1 for rigid motion AND for rigid
+        articulated motion (parts moving apart keep their own size), near 1 for a squash and stretch, inf
+        when the object collapses to a point in some frame;
+      gyration_scale_ratio: the same ratio of the radius of gyration (RMS distance to the per-frame
+        centroid), the filter's former value: rotation-invariant, but it also grows when rigid parts
+        spread (a box rising out of another: 1.82);
       bbox_scale_ratio: the same ratio of the per-frame bounding box's largest extent, for reference;
       max_offset: max over frames of |offsets[t]| / object_size (how much global motion was removed).
     """
@@ -278,13 +279,15 @@ def motion_metrics(
     hi = (bbox_max - offsets).max(axis=0)
     size = float((hi - lo).max())
     gyration = np.sqrt(((positions - positions.mean(axis=1, keepdims=True)) ** 2).sum(axis=2).mean(axis=1))
-    scale_ratio = _ratio(gyration)
+    gyration_scale_ratio = _ratio(gyration)
+    scale_ratio = _ratio(local_size(positions))
     bbox_scale_ratio = _ratio((bbox_max - bbox_min).max(axis=1))
     if size == 0.0:
         return {
             "motion": 0.0,
             "object_size": 0.0,
             "scale_ratio": scale_ratio,
+            "gyration_scale_ratio": gyration_scale_ratio,
             "bbox_scale_ratio": bbox_scale_ratio,
             "max_offset": 0.0,
         }
@@ -292,9 +295,58 @@ def motion_metrics(
         "motion": float(mean_displacement(corrected).mean() / size),
         "object_size": size,
         "scale_ratio": scale_ratio,
+        "gyration_scale_ratio": gyration_scale_ratio,
         "bbox_scale_ratio": bbox_scale_ratio,
         "max_offset": float(np.linalg.norm(offsets, axis=1).max() / size),
     }
+
+
+def local_size(positions: np.ndarray, neighbours: int = 8, max_points: int = 1000) -> np.ndarray:
+    """(F,) median over points of the local surface scale of frame t relative to the reference frame (the
+    widest one, by radius of gyration), times that frame's median neighbour distance.
+
+    Each point's `neighbours` nearest points in the reference frame span a patch; its best-fit plane gives
+    2D patch coordinates Q0 (k, 2), and the least-squares map A (2, 3) with Q0 A = the patch at frame t
+    gives the local scale det(A A^T)^(1/4): the square root of the patch's area change. It is exactly s
+    for a uniform scaling by s, 1 for rigid motion AND for rigid parts moving apart (patches inside a part
+    keep their shape; the few straddling a joint do not move the median), and about 1 for a
+    volume-preserving squash and stretch (area grows on some patches and shrinks on others). A
+    deterministic subset of at most `max_points` points is used.
+    Example: two rigid boxes, the second lifted out of the first over the clip: (r, r, ..., r).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    F, P, _ = positions.shape
+    if P < 3:
+        return np.zeros(F)
+    idx = np.arange(P) if P <= max_points else np.linspace(0, P - 1, max_points).round().astype(int)
+    pts = positions[:, idx]
+    spread = ((pts - pts.mean(axis=1, keepdims=True)) ** 2).sum(axis=(1, 2))
+    ref = pts[int(np.argmax(spread))]
+    d2 = ((ref[:, None, :] - ref[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    d2[d2 == 0] = np.inf  # coincident points (split vertices) span no patch
+    k = min(neighbours, len(idx) - 1)
+    nn = np.argpartition(d2, k - 1, axis=1)[:, :k]  # (n, k)
+    ok = np.isfinite(np.take_along_axis(d2, nn, axis=1)).all(axis=1)
+    if not ok.any():
+        return np.zeros(F)
+    centres, nn = np.arange(len(idx))[ok], nn[ok]
+    d0 = ref[nn] - ref[centres, None, :]  # (n, k, 3)
+    _, sv, vt = np.linalg.svd(d0, full_matrices=False)
+    flat = sv[:, 1] > 1e-6 * sv[:, 0]  # a patch spanning two directions
+    if not flat.any():
+        return np.zeros(F)
+    d0, vt, centres, nn = d0[flat], vt[flat], centres[flat], nn[flat]
+    q0 = np.einsum("nkc,njc->nkj", d0, vt[:, :2])  # (n, k, 2) patch coordinates
+    pinv = np.linalg.pinv(q0)  # (n, 2, k)
+    ref_scale = float(np.median(np.sqrt((d0**2).sum(-1))))
+    out = np.empty(F)
+    for t in range(F):
+        dt = pts[t][nn] - pts[t][centres, None, :]  # (n, k, 3)
+        a = pinv @ dt  # (n, 2, 3)
+        det = np.linalg.det(a @ a.transpose(0, 2, 1))
+        out[t] = ref_scale * float(np.median(np.abs(det) ** 0.25))
+    return out
 
 
 def _ratio(sizes: np.ndarray) -> float:

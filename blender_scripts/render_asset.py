@@ -2,25 +2,25 @@
 
     .venv/bin/python -m blender_scripts.render_asset --job JOB.json
 
-JOB.json (blender_scripts.job.RenderJob; defaults in brackets):
-    uid, asset_path (absolute), out_dir (absolute)           required
-    mode ["4d"] | "static"       static renders F = 1 (static_frame or the clip start) and needs no animation
-    resolution [96], num_frames [6], clip_duration_s [0 = whole action]
-    orbits [["static", "dynamic"]]
-    orbit {num_views [6], static_elevation_deg [10], dynamic_elevation_range_deg [[-5, 30]],
-           dynamic_azimuth_jitter [0.5], radius [2.0], fov_deg [33.8]}
-    samples [8], denoiser ["none"] | "OIDN" | "OPTIX", device ["CPU"] | "CUDA" | "OPTIX" | "auto",
-    threads [1] (0 = all cores), adaptive_threshold [0 = off], max_bounces [4],
-    seed [1234] (Cycles seed and the dynamic orbit's seed)
-    crop_border [true]: render only the object's projected bounding box (+3 px) of each image; the pixels
-        outside are transparent anyway, so the image is the same, faster (see object_border)
-    environment [{"kind": "sky", "strength": 1}] | {"kind": "hdri", "path", "rotation_deg", "strength"}
-    global_offsets [null] | F triples: world offsets subtracted per rendered frame before normalization
-    static_frame [null]: static mode on an animated asset poses it at this source frame
+JOB.json (blender_scripts.job.RenderJob): uid, asset_path (absolute), out_dir (absolute), and
+    render       the profile's `render` section as is (profiles/schema.py RenderConfig: mode, resolution,
+                 num_frames, clip_duration_s, orbits, orbit, samples, denoiser, device, threads,
+                 adaptive_threshold, max_bounces, fill, min_margin_px, crop_border, ...)
+    seed         Cycles seed and the dynamic orbit's seed
+    environment  {"kind": "sky", "strength"} | {"kind": "hdri", "path", "rotation_deg", "strength"}
+    global_offsets  null | F triples: world offsets subtracted per rendered frame before normalization
+    static_frame    null | the source frame that static mode poses an animated asset at
+    action, clip_start  the action to play (null: the longest) and the clip's first source frame
+    crop_border: render only the object's projected bounding box (+3 px) of each image; the pixels outside
+        are transparent anyway, so the image is the same, 2-3x faster (see object_border)
+Framing: the scale is the largest at which every vertex of every rendered frame projects within
+render.fill of the half side from the image centre in every camera (normalize.framing_scale), so no
+image has alpha on its border; result.json's normalization records it beside the unit-extent scale.
 
 Writes into out_dir:
     {orbit}/v{VV:02d}_f{FF:02d}.png   RGBA 8-bit, transparent background, Standard view transform
     blender.log                       Blender's own output (importer, Cycles), appended per attempt
+    progress.json                     {"images_done", "images_total", "elapsed_s"} after every image
     result.json                       written last; status "ok" with cameras (OpenCV c2w, see cameras.py),
                                       frames, normalization, counts, timings; or status "failed" + reason
 Exit codes: 0 ok, 1 crash, 2 bad job, 3 bad asset (result.json has the reason; do not retry).
@@ -46,10 +46,12 @@ from blender_scripts.cameras import (
     static_orbit,
     world_to_camera,
 )
-from blender_scripts.job import RenderJob, run_cli
-from blender_scripts.normalize import normalization_from_bboxes
+from blender_scripts.job import RenderJob, run_cli, write_json_atomic
+from blender_scripts.normalize import framing_half_side, framing_scale, normalization_from_bboxes
 
 log = logging.getLogger(__name__)
+
+PROGRESS_FILE = "progress.json"
 
 
 def _cpu_seconds() -> float:
@@ -62,9 +64,9 @@ def _cpu_seconds() -> float:
 
 def orbits_for_job(job: RenderJob) -> dict[str, Any]:
     """The job's camera orbits by name (deterministic: the dynamic orbit is seeded by job.seed)."""
-    o = job.orbit
+    o = job.render.orbit
     out = {}
-    for name in job.orbits:
+    for name in job.render.orbits:
         if name == "static":
             out[name] = static_orbit(o.num_views, o.static_elevation_deg, o.radius)
         else:
@@ -108,36 +110,38 @@ def configure_cycles(job: RenderJob) -> dict[str, Any]:
     """Cycles, film and colour settings of the job; returns the settings used."""
     import bpy
 
+    r = job.render
+
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
-    backend = _select_device(scene, job.device)
+    backend = _select_device(scene, r.device)
     cyc = scene.cycles
-    cyc.samples = int(job.samples)
-    cyc.use_adaptive_sampling = job.adaptive_threshold > 0
-    if job.adaptive_threshold > 0:
-        cyc.adaptive_threshold = float(job.adaptive_threshold)
-    cyc.use_denoising = job.denoiser != "none"
-    if job.denoiser != "none":
-        cyc.denoiser = "OPENIMAGEDENOISE" if job.denoiser == "OIDN" else "OPTIX"
-    cyc.max_bounces = int(job.max_bounces)
+    cyc.samples = int(r.samples)
+    cyc.use_adaptive_sampling = r.adaptive_threshold > 0
+    if r.adaptive_threshold > 0:
+        cyc.adaptive_threshold = float(r.adaptive_threshold)
+    cyc.use_denoising = r.denoiser != "none"
+    if r.denoiser != "none":
+        cyc.denoiser = "OPENIMAGEDENOISE" if r.denoiser == "OIDN" else "OPTIX"
+    cyc.max_bounces = int(r.max_bounces)
     for attr in ("diffuse_bounces", "glossy_bounces", "transmission_bounces", "volume_bounces"):
-        setattr(cyc, attr, min(getattr(cyc, attr), int(job.max_bounces)))
+        setattr(cyc, attr, min(getattr(cyc, attr), int(r.max_bounces)))
     cyc.seed = int(job.seed)
     cyc.use_animated_seed = False
     scene.render.use_persistent_data = True  # keeps the BVH and shaders between renders (faster)
-    if job.threads > 0:
+    if r.threads > 0:
         scene.render.threads_mode = "FIXED"
-        scene.render.threads = int(job.threads)
+        scene.render.threads = int(r.threads)
     else:
         scene.render.threads_mode = "AUTO"
-    r = scene.render
-    r.resolution_x = r.resolution_y = int(job.resolution)
-    r.resolution_percentage = 100
-    r.film_transparent = True
-    r.image_settings.file_format = "PNG"
-    r.image_settings.color_mode = "RGBA"
-    r.image_settings.color_depth = "8"
-    r.image_settings.compression = 15
+    sr = scene.render
+    sr.resolution_x = sr.resolution_y = int(r.resolution)
+    sr.resolution_percentage = 100
+    sr.film_transparent = True
+    sr.image_settings.file_format = "PNG"
+    sr.image_settings.color_mode = "RGBA"
+    sr.image_settings.color_depth = "8"
+    sr.image_settings.compression = 15
     scene.display_settings.display_device = "sRGB"
     scene.view_settings.view_transform = "Standard"  # the default AgX would tone-map the albedo
     scene.view_settings.look = "None"
@@ -146,12 +150,13 @@ def configure_cycles(job: RenderJob) -> dict[str, Any]:
     return {
         "engine": "CYCLES",
         "device": backend,
-        "samples": int(job.samples),
-        "denoiser": job.denoiser,
-        "adaptive_threshold": float(job.adaptive_threshold),
-        "max_bounces": int(job.max_bounces),
-        "threads": int(job.threads),
+        "samples": int(r.samples),
+        "denoiser": r.denoiser,
+        "adaptive_threshold": float(r.adaptive_threshold),
+        "max_bounces": int(r.max_bounces),
+        "threads": int(r.threads),
         "seed": int(job.seed),
+        "resolution": int(r.resolution),
     }
 
 
@@ -204,29 +209,64 @@ def make_camera(fov_deg: float) -> Any:
     return cam
 
 
+def _progress(out_dir: Path, done: int, total: int, started: float) -> None:
+    """`progress.json` after each image: the orchestrator shows per-image progress of long assets."""
+    elapsed = time.perf_counter() - started
+    payload = {"images_done": done, "images_total": total, "elapsed_s": elapsed}
+    write_json_atomic(out_dir / PROGRESS_FILE, payload)
+    log.info("image %d/%d (%.1f s/image)", done, total, elapsed / max(done, 1))
+
+
+def frame_scale(
+    meshes: list[Any],
+    frames: np.ndarray,
+    offset: np.ndarray,
+    offsets: np.ndarray | None,
+    orbits: dict[str, Any],
+    K: np.ndarray,
+    job: RenderJob,
+) -> float:
+    """The framing scale (normalize.framing_scale) over every rendered frame's evaluated vertices."""
+    from blender_scripts import scene_io
+
+    r = job.render
+    half = framing_half_side(r.resolution, r.fill, r.min_margin_px)
+    c2w = np.concatenate([o.c2w for o in orbits.values()])
+    scale = np.inf
+    for i, f in enumerate(frames):
+        scene_io.set_frame(float(f))
+        pts = np.concatenate(scene_io.evaluated_vertices(meshes))
+        g = np.zeros(3) if offsets is None else offsets[i]
+        scale = min(scale, framing_scale(pts - g + offset, c2w, K, half))
+    return float(scale)
+
+
 def render(job: RenderJob) -> dict[str, Any]:
-    """The whole job: import, frames, normalization, root transform, lighting, cameras, renders, result."""
+    """The whole job: import, frames, framing, root transform, lighting, cameras, renders, result."""
     import bpy
     from mathutils import Matrix
 
     from blender_scripts import scene_io
     from blender_scripts.lighting import setup_environment
 
+    r = job.render
     t_start = time.perf_counter()
     out_dir = Path(job.out_dir)
     log_path = out_dir / "blender.log"
+    (out_dir / PROGRESS_FILE).unlink(missing_ok=True)
     with open(log_path, "a") as f:
         f.write(f"=== render_asset {job.uid} {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
-    asset = scene_io.load_asset(
-        job.asset_path, job.mode, job.num_frames, job.clip_duration_s, job.static_frame, str(log_path)
-    )
+    asset = scene_io.load_asset(job, str(log_path))
     t_setup = time.perf_counter()
     frames = asset.source_frames
     offsets = None if job.global_offsets is None else np.asarray(job.global_offsets, dtype=np.float64)
     mins, maxs = scene_io.bboxes_at_frames(asset.meshes, frames)
     if offsets is not None:
         mins, maxs = mins - offsets, maxs - offsets
-    scale, offset = normalization_from_bboxes(mins, maxs)
+    unit_scale, offset = normalization_from_bboxes(mins, maxs)
+    orbits = orbits_for_job(job)
+    K = intrinsics(r.orbit.fov_deg, r.resolution)
+    scale = frame_scale(asset.meshes, frames, offset, offsets, orbits, K, job)
     scene_io.set_frame(float(frames[0]))
     num_vertices, num_faces = scene_io.mesh_counts(asset.meshes)
     root = scene_io.add_root(frames, scale, offset, offsets)
@@ -235,10 +275,8 @@ def render(job: RenderJob) -> dict[str, Any]:
 
     settings = configure_cycles(job)
     env_used = setup_environment(job.environment)
-    cam = make_camera(job.orbit.fov_deg)
-    orbits = orbits_for_job(job)
-    K = intrinsics(job.orbit.fov_deg, job.resolution)
-    crop = bool(job.crop_border) and crop_is_exact(asset.meshes, cam, root)
+    cam = make_camera(r.orbit.fov_deg)
+    crop = bool(r.crop_border) and crop_is_exact(asset.meshes, cam, root)
     settings["crop_border"] = crop
     for name in orbits:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
@@ -247,26 +285,28 @@ def render(job: RenderJob) -> dict[str, Any]:
     t_render = time.perf_counter()
     cpu_render = _cpu_seconds()
     images = 0
+    total = len(frames) * sum(len(o) for o in orbits.values())
     image_s: list[float] = []  # per image, in render order (frame-major, then orbit, then view)
     image_cpu_s: list[float] = []
-    with scene_io.captured_output(log_path):
-        for fi, frame in enumerate(frames):
-            scene_io.set_frame(float(frame))
-            for name, orbit in orbits.items():
-                for vi, c2w in enumerate(orbit.c2w):
-                    cam.matrix_world = Matrix(blender_camera_matrix_world(c2w).tolist())
-                    border = object_border(norm_lo[fi], norm_hi[fi], c2w, K, job.resolution) if crop else None
-                    scene.render.use_border = border is not None
-                    scene.render.use_crop_to_border = False  # full-size image, transparent outside
-                    if border is not None:
-                        r = scene.render
-                        r.border_min_x, r.border_max_x, r.border_min_y, r.border_max_y = border
-                    scene.render.filepath = str(out_dir / name / f"v{vi:02d}_f{fi:02d}.png")
-                    t_img, cpu_img = time.perf_counter(), _cpu_seconds()
+    for fi, frame in enumerate(frames):
+        scene_io.set_frame(float(frame))
+        for name, orbit in orbits.items():
+            for vi, c2w in enumerate(orbit.c2w):
+                cam.matrix_world = Matrix(blender_camera_matrix_world(c2w).tolist())
+                border = object_border(norm_lo[fi], norm_hi[fi], c2w, K, r.resolution) if crop else None
+                scene.render.use_border = border is not None
+                scene.render.use_crop_to_border = False  # full-size image, transparent outside
+                if border is not None:
+                    sr = scene.render
+                    sr.border_min_x, sr.border_max_x, sr.border_min_y, sr.border_max_y = border
+                scene.render.filepath = str(out_dir / name / f"v{vi:02d}_f{fi:02d}.png")
+                t_img, cpu_img = time.perf_counter(), _cpu_seconds()
+                with scene_io.captured_output(log_path):
                     bpy.ops.render.render(write_still=True)
-                    image_s.append(time.perf_counter() - t_img)
-                    image_cpu_s.append(_cpu_seconds() - cpu_img)
-                    images += 1
+                image_s.append(time.perf_counter() - t_img)
+                image_cpu_s.append(_cpu_seconds() - cpu_img)
+                images += 1
+                _progress(out_dir, images, total, t_render)
     t_end = time.perf_counter()
     cpu_render = _cpu_seconds() - cpu_render
     missing = [
@@ -285,19 +325,28 @@ def render(job: RenderJob) -> dict[str, Any]:
     return {
         "status": "ok",
         "uid": job.uid,
-        "mode": job.mode,
+        "mode": r.mode,
         "blender_version": ".".join(str(v) for v in bpy.app.version),
-        "resolution": int(job.resolution),
-        "fov_deg": float(job.orbit.fov_deg),
+        "resolution": int(r.resolution),
+        "fov_deg": float(r.orbit.fov_deg),
         "K": K.tolist(),
         "cameras": {name: orbit.to_json() for name, orbit in orbits.items()},
         "frames": asset.frames_json(),
-        "normalization": {"scale": float(scale), "offset": [float(v) for v in offset]},
+        "normalization": {
+            "scale": float(scale),
+            "offset": [float(v) for v in offset],
+            "rule": "framing",
+            "fill": float(r.fill),
+            "min_margin_px": float(r.min_margin_px),
+            "unit_extent_scale": float(unit_scale),
+        },
         "global_offsets": None if offsets is None else offsets.tolist(),
         "num_vertices": int(num_vertices),
         "num_faces": int(num_faces),
         "num_meshes": len(asset.meshes),
         "mesh_names": [m.name for m in asset.meshes],
+        "single_sided_materials": asset.single_sided,
+        "orphan_skeleton_pose": asset.viewer_fix,
         "environment": env_used,
         "render_settings": settings,
         "timings": {

@@ -170,7 +170,11 @@ def prepare_asset_scene() -> list[Any]:
 
 @dataclass
 class Clip:
-    """The animation clip: action (the longest active action in use, or None), its range and the fps."""
+    """The animation clip: action (the chosen action, or None), its range and the fps.
+
+    actions: every action of the file that drives something (name, frame_range, owners), whichever is
+    rendered, so that the manifest can list them all.
+    """
 
     action: str | None
     frame_start: float
@@ -179,6 +183,7 @@ class Clip:
     actions_in_use: list[str]
     unassigned_actions: list[str] = field(default_factory=list)
     """Actions in the file that drive nothing (not rendered; named in the no_animation detail)."""
+    actions: list[dict] = field(default_factory=list)
 
     @property
     def has_animation(self) -> bool:
@@ -190,11 +195,12 @@ class Clip:
             "action_frame_range": [self.frame_start, self.frame_end],
             "fps": self.fps,
             "actions_in_use": self.actions_in_use,
+            "actions": self.actions,
         }
 
 
-def _active_actions() -> list[Any]:
-    """Actions driving the scene's objects or their shape keys (object or shape-key animation data)."""
+def _animation_owners() -> list[tuple[Any, Any]]:
+    """(owner, animation_data) of every object and shape-key block that has animation data."""
     import bpy
 
     found = []
@@ -205,30 +211,122 @@ def _active_actions() -> list[Any]:
             owners.append(data.shape_keys)
         for owner in owners:
             ad = owner.animation_data
-            if ad is not None and ad.action is not None and ad.action not in found:
-                found.append(ad.action)
+            if ad is not None:
+                found.append((owner, ad))
     return found
 
 
-def find_clip() -> Clip:
-    """The clip to render: the union of the frame ranges of the actions in use; named after the longest.
+def _owned_actions(ad: Any) -> list[Any]:
+    """The active action and the actions of the NLA strips (where the glTF importer stashes the others)."""
+    acts = [ad.action] if ad.action is not None else []
+    for track in ad.nla_tracks:
+        for strip in track.strips:
+            if strip.action is not None and strip.action not in acts:
+                acts.append(strip.action)
+    return acts
 
-    Several actions in use happen when a glTF animation drives several nodes (rigid articulated parts get
-    one action each), so the union is the animation's range. Without an action the scene range is kept.
+
+def _active_actions() -> list[Any]:
+    """Actions driving the scene's objects or their shape keys (object or shape-key animation data)."""
+    found = []
+    for _owner, ad in _animation_owners():
+        if ad.action is not None and ad.action not in found:
+            found.append(ad.action)
+    return found
+
+
+def list_actions() -> list[dict]:
+    """Every action that some object (or shape-key block) has, active or in its NLA stack, sorted by name."""
+    owners: dict[str, list[str]] = {}
+    ranges: dict[str, list[float]] = {}
+    for owner, ad in _animation_owners():
+        for act in _owned_actions(ad):
+            owners.setdefault(act.name, []).append(owner.name)
+            ranges[act.name] = [float(v) for v in act.frame_range]
+    return [
+        {"name": name, "frame_range": ranges[name], "owners": sorted(set(owners[name]))}
+        for name in sorted(owners)
+    ]
+
+
+def _assign(ad: Any, owner: Any, action: Any) -> None:
+    """Make `action` the active action of `ad`, with the slot meant for `owner` (Blender >= 4.4 slots)."""
+    ad.action = action
+    slots = list(getattr(action, "slots", ()) or ())
+    if slots and getattr(ad, "action_slot", None) is None:
+        named = [s for s in slots if s.name_display == owner.name] or slots
+        ad.action_slot = named[0]
+
+
+def apply_action(name: str) -> list[str]:
+    """Play action `name`: its owners get it as their active action and every NLA track is muted.
+
+    Owners without it stop (glTF semantics: an animation that does not play leaves its nodes at rest),
+    except that actions already playing together with `name` (per-object actions of one take, as FBX and
+    older .blend files have them) keep playing. Returns the actions now in use. AssetError bad_clip when no
+    object has `name`.
+    """
+    import bpy
+
+    target = bpy.data.actions.get(name)
+    pairs = _animation_owners()
+    if target is None or not any(target in _owned_actions(ad) for _o, ad in pairs):
+        names = [a["name"] for a in list_actions()]
+        raise AssetError("bad_clip", f"no action {name!r} in the file (actions: {names[:20]})")
+    playing = {ad.action for _o, ad in pairs if ad.action is not None}
+    together = target in playing
+    for owner, ad in pairs:
+        if target in _owned_actions(ad):
+            if ad.action is not target:
+                _assign(ad, owner, target)
+        elif ad.action is not None and not (together and ad.action in playing):
+            ad.action = None
+        for track in ad.nla_tracks:
+            track.mute = True
+    bpy.context.view_layer.update()
+    return sorted(a.name for a in _active_actions())
+
+
+def _clip_of_active(fps: float, actions: list[dict]) -> Clip:
+    import bpy
+
+    scene = bpy.context.scene
+    active = _active_actions()
+    if not active:
+        unassigned = sorted(a.name for a in bpy.data.actions)
+        return Clip(None, float(scene.frame_start), float(scene.frame_end), fps, [], unassigned, actions)
+    ranges = [tuple(float(v) for v in a.frame_range) for a in active]
+    longest = max(range(len(active)), key=lambda i: (ranges[i][1] - ranges[i][0], active[i].name))
+    start = min(r[0] for r in ranges)
+    end = max(r[1] for r in ranges)
+    return Clip(active[longest].name, start, end, fps, sorted(a.name for a in active), [], actions)
+
+
+def find_clip(action: str | None = None) -> Clip:
+    """The clip to render: action `action`, or (None) the longest of the file's actions.
+
+    The clip spans the union of the frame ranges of the actions that play with it (a glTF animation that
+    drives several nodes is one action with a slot per node; per-object actions of one take play together).
+    Without any action the scene range is kept (and has_animation is False).
     """
     import bpy
 
     scene = bpy.context.scene
     fps = scene.render.fps / scene.render.fps_base
-    actions = _active_actions()
-    if not actions:
-        unassigned = sorted(a.name for a in bpy.data.actions)
-        return Clip(None, float(scene.frame_start), float(scene.frame_end), fps, [], unassigned)
-    ranges = [tuple(float(v) for v in a.frame_range) for a in actions]
-    longest = max(range(len(actions)), key=lambda i: (ranges[i][1] - ranges[i][0], actions[i].name))
-    start = min(r[0] for r in ranges)
-    end = max(r[1] for r in ranges)
-    return Clip(actions[longest].name, start, end, fps, sorted(a.name for a in actions))
+    actions = list_actions()
+    if action is None and actions:
+        spans = []
+        for a in actions:
+            apply_action(a["name"])
+            clip = _clip_of_active(fps, actions)
+            spans.append((clip.frame_end - clip.frame_start, a["name"]))
+        action = max(spans)[1]
+    if action is not None:
+        apply_action(action)
+        clip = _clip_of_active(fps, actions)
+        clip.action = action
+        return clip
+    return _clip_of_active(fps, actions)
 
 
 def set_frame(frame: float) -> None:
@@ -344,11 +442,17 @@ def set_interpolation(action: Any, interpolation: str, data_path: str | None = N
 
 
 def select_frames(
-    clip: Clip, mode: str, num_frames: int, duration_s: float, static_frame: float | None
+    clip: Clip,
+    mode: str,
+    num_frames: int,
+    duration_s: float,
+    static_frame: float | None,
+    clip_start: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Source frames (F,) and their times (F,) in seconds for a job.
 
-    4d: F frames uniformly over the clip (frames.sample_frames); AssetError no_animation without a clip.
+    4d: F frames uniformly over the clip from `clip_start` (default: its start) (frames.sample_frames);
+    AssetError no_animation without a clip.
     static: one frame, `static_frame` if given, else the clip's first frame (the scene's start without one).
     """
     from blender_scripts.frames import sample_frames
@@ -366,7 +470,10 @@ def select_frames(
             detail = "no action drives the asset"
         raise AssetError("no_animation", detail)
     try:
-        sample = sample_frames(clip.frame_start, clip.frame_end, clip.fps, num_frames, duration_s)
+        start = clip.frame_start if clip_start is None else float(clip_start)
+        if not clip.frame_start - 1e-6 <= start < clip.frame_end:
+            raise ValueError(f"clip_start {start} outside the action [{clip.frame_start}, {clip.frame_end}]")
+        sample = sample_frames(start, clip.frame_end, clip.fps, num_frames, duration_s)
     except ValueError as exc:
         raise AssetError("bad_clip", str(exc)) from exc
     return sample.source_frames, sample.times_s
@@ -379,6 +486,10 @@ class LoadedAsset:
     source_frames: np.ndarray
     times_s: np.ndarray
     import_s: float
+    single_sided: int = 0
+    """Materials whose back faces were made transparent (glTF doubleSided false)."""
+    viewer_fix: str | None = None
+    """What apply_viewer_transform did: None (no orphan skin), "applied", or why not."""
 
     def frames_json(self) -> dict:
         d = self.clip.to_json()
@@ -387,23 +498,122 @@ class LoadedAsset:
         return d
 
 
-def load_asset(
-    asset_path: str, mode: str, num_frames: int, duration_s: float, static_frame: float | None, log_path: str
-) -> LoadedAsset:
-    """Reset the scene, import the asset (importer output to `log_path`), find its meshes, clip and frames."""
+def load_asset(job: Any, log_path: str) -> LoadedAsset:
+    """Reset the scene, import the job's asset (importer output to `log_path`), find its meshes, the clip
+    (`job.action`, else the longest) and the frames (from `job.clip_start`); single-sided materials get
+    transparent back faces."""
     import time
 
     import bpy
 
+    r = job.render
     t0 = time.perf_counter()
     with captured_output(log_path):
         reset_scene()
-        import_asset(asset_path)
+        import_asset(job.asset_path)
     import_s = time.perf_counter() - t0
     meshes = prepare_asset_scene()
-    clip = find_clip()
-    frames, times = select_frames(clip, mode, num_frames, duration_s, static_frame)
+    single_sided = honour_backface_culling(meshes)
+    viewer_fix = None
+    if getattr(r, "orphan_skeleton", "gltf") == "viewer":
+        viewer_fix = apply_viewer_transform(job.asset_path)
+    clip = find_clip(job.action)
+    frames, times = select_frames(
+        clip, r.mode, r.num_frames, r.clip_duration_s, job.static_frame, job.clip_start
+    )
     scene = bpy.context.scene
     scene.frame_start = min(scene.frame_start, math.floor(frames.min()))
     scene.frame_end = max(scene.frame_end, math.ceil(frames.max()))
-    return LoadedAsset(meshes, clip, frames, times, import_s)
+    return LoadedAsset(meshes, clip, frames, times, import_s, single_sided, viewer_fix)
+
+
+BACKFACE_NODE = "sv4d2_backface"
+
+
+def honour_backface_culling(meshes: list[Any]) -> int:
+    """Make back faces transparent in Cycles for materials marked single-sided; returns how many changed.
+
+    The glTF importer maps `doubleSided: false` to `use_backface_culling`, which only EEVEE and the
+    viewport honour: Cycles shades the back faces (black, seen from inside). Each such material's surface
+    becomes mix(surface, transparent, Backfacing), which keeps front faces exactly as authored.
+    """
+    done = 0
+    seen: set[str] = set()
+    for obj in meshes:
+        for slot in getattr(obj, "material_slots", ()):
+            mat = slot.material
+            if mat is None or mat.name in seen or not mat.use_backface_culling or not mat.use_nodes:
+                continue
+            seen.add(mat.name)
+            tree = mat.node_tree
+            outputs = [n for n in tree.nodes if n.type == "OUTPUT_MATERIAL"]
+            if not outputs or tree.nodes.get(BACKFACE_NODE) is not None:
+                continue
+            out = next((n for n in outputs if n.is_active_output), outputs[0])
+            links = list(out.inputs["Surface"].links)
+            if not links:
+                continue
+            source = links[0].from_socket
+            geo = tree.nodes.new("ShaderNodeNewGeometry")
+            transparent = tree.nodes.new("ShaderNodeBsdfTransparent")
+            mix = tree.nodes.new("ShaderNodeMixShader")
+            mix.name = BACKFACE_NODE
+            tree.links.new(geo.outputs["Backfacing"], mix.inputs["Fac"])
+            tree.links.new(source, mix.inputs[1])
+            tree.links.new(transparent.outputs["BSDF"], mix.inputs[2])
+            tree.links.new(mix.outputs["Shader"], out.inputs["Surface"])
+            done += 1
+    return done
+
+
+VIEWER_BONE = "sv4d2_viewer_root"
+
+
+def apply_viewer_transform(asset_path: str) -> str | None:
+    """Pose a glTF skin whose joints are in no scene as three.js viewers show it (gltf_checks docstring).
+
+    A new root bone (rest: identity) becomes the parent of the armature's root bones, and its pose carries
+    the skinned mesh node's world matrix, so the deformed mesh turns with it while the importer's other
+    objects (parented to the armature object, not to bones) stay put. Returns None when the file has no
+    orphan skin, "applied", or the reason it was not ("ambiguous": not exactly one such skin/armature).
+    """
+    import bpy
+    from mathutils import Matrix
+
+    from blender_scripts.gltf_checks import orphan_skin_viewer_matrix, orphan_skins, read_gltf_json
+
+    gltf = read_gltf_json(asset_path)
+    if gltf is None or not orphan_skins(gltf):
+        return None
+    matrix = orphan_skin_viewer_matrix(gltf)
+    orphan_collections = [c for c in bpy.data.collections if c.name.startswith("Orphan Nodes")]
+    armatures = [
+        o for c in orphan_collections for o in c.objects if o.type == "ARMATURE" and o.parent is None
+    ]
+    if matrix is None or len(armatures) != 1 or len(orphan_skins(gltf)) != 1:
+        return "ambiguous"
+    if np.allclose(matrix, np.eye(4), atol=1e-9):
+        return "identity"
+    arm = armatures[0]
+    view_layer = bpy.context.view_layer
+    scene_root = bpy.context.scene.collection
+    linked = arm.name not in view_layer.objects  # the importer's orphan collection is excluded
+    if linked:  # edit mode needs the object in the view layer, for the edit only
+        scene_root.objects.link(arm)
+    view_layer.objects.active = arm
+    bpy.ops.object.mode_set(mode="EDIT")
+    bones = arm.data.edit_bones
+    roots = [b for b in bones if b.parent is None]
+    fix = bones.new(VIEWER_BONE)
+    fix.head, fix.tail, fix.roll = (0.0, 0.0, 0.0), (0.0, 0.1, 0.0), 0.0  # rest = identity
+    fix.use_deform = False
+    for b in roots:
+        b.use_connect = False
+        b.parent = fix
+    bpy.ops.object.mode_set(mode="OBJECT")
+    if linked:
+        scene_root.objects.unlink(arm)
+    pose = arm.pose.bones[VIEWER_BONE]
+    pose.matrix_basis = Matrix(np.asarray(matrix, dtype=np.float64).tolist())
+    view_layer.update()
+    return "applied"

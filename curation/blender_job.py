@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,8 @@ class JobOutcome:
     attempts: int = 0
     seconds: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 0.0
+    """The budget of the last attempt."""
 
     @property
     def ok(self) -> bool:
@@ -49,6 +52,21 @@ def _tail(path: Path, lines: int = 12) -> str:
     except OSError:
         return ""
     return "\n".join(text[-lines:])
+
+
+def output_ok(path: Path) -> bool:
+    """An output exists and is not empty, and a PNG decodes (a full disk leaves zero-byte or cut PNGs)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        if path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+    except Exception:  # PIL raises several types for a cut or corrupt file
+        return False
+    return True
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -68,11 +86,13 @@ def run_blender_script(
     retries: int = 0,
     expected_files: Callable[[dict[str, Any]], list[Path]] | None = None,
     env: dict[str, str] | None = None,
+    timeout_growth: float = 2.0,
 ) -> JobOutcome:
     """Run `python -m <module> --job <work_dir>/<module>.job.json` until it succeeds or attempts run out.
 
     Logs go to `<work_dir>/<short module name>.log` (appended per attempt); the result JSON is read from
-    `<work_dir>/<result_name>`.
+    `<work_dir>/<result_name>`. A crash is retried at the same budget; a timeout is retried with the budget
+    times `timeout_growth`, and not at all when that is 1 (a deterministic timeout would only repeat).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     short = module.rsplit(".", 1)[-1]
@@ -85,8 +105,13 @@ def run_blender_script(
     child_env = dict(os.environ, **(env or {}))
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     child_env[PARENT_PID_ENV] = str(os.getpid())  # the script dies with us (job.exit_with_parent)
+    # Blender leaves a blender_* folder in the temp directory per process: give it one we remove
+    tmp_dir = work_dir / "tmp"
+    child_env["TMPDIR"] = str(tmp_dir)
+    budget = float(timeout_s)
     for attempt in range(1, retries + 2):
         result_path.unlink(missing_ok=True)
+        tmp_dir.mkdir(exist_ok=True)
         with open(log_path, "a") as logf:
             logf.write(f"\n===== attempt {attempt}: {module} =====\n")
             logf.flush()
@@ -99,10 +124,14 @@ def run_blender_script(
                 start_new_session=True,  # so a timeout kills Blender and anything it spawned
             )
             try:
-                rc = proc.wait(timeout=timeout_s)
+                rc = proc.wait(timeout=budget)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
-                outcome = JobOutcome("failed", "timeout", f"{module} exceeded {timeout_s:.0f} s", attempt)
+                detail = f"{module} exceeded {budget:.0f} s"
+                outcome = JobOutcome("failed", "timeout", detail, attempt, timeout_s=budget)
+                if timeout_growth <= 1.0:
+                    break
+                budget *= timeout_growth
                 continue
         result: dict[str, Any] = {}
         if result_path.is_file():
@@ -118,12 +147,14 @@ def run_blender_script(
             detail = f"exit code {rc}; log tail:\n{_tail(log_path)}"
             outcome = JobOutcome("failed", "crash", detail, attempt, result=result)
             continue
-        missing = [str(p) for p in (expected_files(result) if expected_files else []) if not p.is_file()]
+        missing = [str(p) for p in (expected_files(result) if expected_files else []) if not output_ok(p)]
         if missing:
-            detail = f"{len(missing)} expected outputs missing, e.g. {missing[0]}"
+            detail = f"{len(missing)} expected outputs missing or unreadable, e.g. {missing[0]}"
             outcome = JobOutcome("failed", "missing_outputs", detail, attempt, result=result)
             continue
         outcome = JobOutcome("ok", None, "", attempt, result=result)
         break
+    shutil.rmtree(tmp_dir, ignore_errors=True)
     outcome.seconds = time.monotonic() - start
+    outcome.timeout_s = outcome.timeout_s or budget
     return outcome

@@ -6,9 +6,13 @@ Checks, in this order (the first that fails gives the reason; every value is mea
     too_many_faces       num_faces > max_faces
     no_animation         (4d only) the analysis pass found no animation
     clip_too_short       (4d only) the action spans fewer than min_clip_frames frames
+    orphan_skeleton      a skinned glTF whose skeleton root is in no scene (when filter_orphan_skeleton)
     inconsistent_scale   (4d only) scale_ratio > max_scale_ratio
     small_motion         (4d only) motion < min_motion (after the global-motion correction)
-In `static` mode (orbit-only samples for 3D pre-training) only the first three apply.
+In `static` mode (orbit-only samples for 3D pre-training) only the first three and orphan_skeleton apply.
+After the render pass, `decide_images` checks the images themselves:
+    border_touch         more than max_border_images images have alpha on their outermost pixel ring
+    transparent_image    more than max_transparent_images images cover less than min_alpha_coverage
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from curation.sources import license_allowed, normalize_license
+from curation.sources import license_allowed, normalize_license, spdx_license
 from profiles.schema import FilterConfig
 
 REASONS = (
@@ -27,8 +31,11 @@ REASONS = (
     "too_many_faces",
     "no_animation",
     "clip_too_short",
+    "orphan_skeleton",
     "inconsistent_scale",
     "small_motion",
+    "border_touch",
+    "transparent_image",
 )
 
 
@@ -65,7 +72,10 @@ def clip_frames(analysis: dict[str, Any]) -> int:
 def license_decision(record: Any, cfg: FilterConfig, licenses: Sequence[str]) -> Decision:
     """The licence check alone: cheap, so it can run before an asset is downloaded."""
     values = {"license": record.license}
-    extra = {"license_normalized": normalize_license(record.license)}
+    extra = {
+        "license_normalized": normalize_license(record.license),
+        "license_spdx": spdx_license(record.license),
+    }
     if cfg.require_license and not license_allowed(record.license, licenses):
         detail = f"license {record.license!r} ({extra['license_normalized']}) not in {sorted(set(licenses))}"
         return Decision("filtered", "license", detail, values, extra)
@@ -106,7 +116,9 @@ def decide(
     if metrics is not None:
         values["motion"] = float(metrics["motion"])
         values["scale_ratio"] = float(metrics["scale_ratio"])
-        extra.update({k: float(v) for k, v in metrics.items() if k not in ("motion", "scale_ratio")})
+        if "gyration_scale_ratio" in metrics:  # the former measure, kept for comparison
+            values["gyration_scale_ratio"] = float(metrics["gyration_scale_ratio"])
+        extra.update({k: float(v) for k, v in metrics.items() if k not in values})
 
     def out(reason: str | None, detail: str = "") -> Decision:
         return Decision("accept" if reason is None else "filtered", reason, detail, values, extra)
@@ -117,6 +129,9 @@ def decide(
         return out("too_many_vertices", f"{nv} vertices > max_vertices {cfg.max_vertices}")
     if nf is not None and nf > cfg.max_faces:
         return out("too_many_faces", f"{nf} faces > max_faces {cfg.max_faces}")
+    if cfg.filter_orphan_skeleton and analysis.get("orphan_skeleton"):
+        skins = analysis.get("orphan_skins")
+        return out("orphan_skeleton", f"skin(s) {skins} have joints in no scene (imports mis-oriented)")
     if mode == "static":
         return out(None)
     if not has_animation:
@@ -133,3 +148,22 @@ def decide(
     if not values["motion"] >= cfg.min_motion:
         return out("small_motion", f"motion {values['motion']:.3g} < min_motion {cfg.min_motion}")
     return out(None)
+
+
+def decide_images(stats: dict[str, Any], cfg: FilterConfig) -> tuple[str, str] | None:
+    """(reason, detail) when the rendered images fail a check, else None; stats from image_checks."""
+    covs = [c for orbit in stats["coverage"].values() for row in orbit for c in row]
+    transparent = sum(c < cfg.min_alpha_coverage for c in covs)
+    if stats["border_images"] > cfg.max_border_images:
+        return (
+            "border_touch",
+            f"{stats['border_images']} of {stats['images']} images have alpha on the border "
+            f"> max_border_images {cfg.max_border_images}",
+        )
+    if transparent > cfg.max_transparent_images:
+        return (
+            "transparent_image",
+            f"{transparent} of {len(covs)} images cover < {cfg.min_alpha_coverage} "
+            f"> max_transparent_images {cfg.max_transparent_images}",
+        )
+    return None

@@ -327,6 +327,9 @@ REASON_COLUMN = {
     "too_many_vertices": "num_vertices",
     "too_many_faces": "num_faces",
     "license": "license",
+    "border_touch": "border_images",
+    "transparent_image": "transparent_images",
+    "orphan_skeleton": "orphan_skeleton",
 }
 
 

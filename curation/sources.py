@@ -125,27 +125,100 @@ _LICENSE_ALIASES = {
 }
 
 
+_CC_WORDS = {
+    "attribution": "by",
+    "by": "by",
+    "sharealike": "sa",
+    "share-alike": "sa",
+    "sa": "sa",
+    "noncommercial": "nc",
+    "non-commercial": "nc",
+    "nc": "nc",
+    "noderivatives": "nd",
+    "noderivs": "nd",
+    "no-derivatives": "nd",
+    "nd": "nd",
+}
+_CC_URL = re.compile(r"creativecommons\.org/(licenses|publicdomain)/([a-z-]+)(?:/(\d+(?:\.\d+)?))?")
+_CC_ORDER = ("by", "nc", "nd", "sa")
+
+
+def _cc_family(text: str) -> tuple[str, str | None] | None:
+    """(family code, version) of a Creative Commons licence written in words, a URL or a code; else None.
+
+    "Creative Commons Attribution-ShareAlike 4.0 International" -> ("by-sa", "4.0");
+    "https://creativecommons.org/licenses/by-nc/3.0/" -> ("by-nc", "3.0"); "Public domain (CC0)" -> cc0.
+    """
+    m = _CC_URL.search(text)
+    if m:
+        kind, code, version = m.groups()
+        if kind == "publicdomain":
+            return ("cc0", "1.0") if code == "zero" else ("pdm", None)
+        text = code
+    words = re.findall(r"[a-z0-9.]+(?:-[a-z]+)*", text.replace("non commercial", "noncommercial"))
+    words = [w.replace("share-alike", "sharealike") for w in words]
+    version = next((w for w in words if re.fullmatch(r"v?\d+(\.\d+)?", w)), None)
+    if any(w in ("cc0", "zero") or w.startswith("cc0") for w in words) or "public domain" in text:
+        return "cc0", "1.0"
+    if not ("creative" in words or "cc" in words or m or text.startswith(("by", "cc-"))):
+        return None
+    parts = set()
+    for w in words:
+        for piece in [w, *w.split("-")]:
+            if piece in _CC_WORDS:
+                parts.add(_CC_WORDS[piece])
+    if "by" not in parts:
+        return None
+    return "-".join(p for p in _CC_ORDER if p in parts), version and version.lstrip("v")
+
+
 def normalize_license(value: str | None) -> str:
     """A comparable licence code: lower case, dashes, the `cc-`/`creative-commons-` prefix, a `-license`
     suffix and a version suffix dropped. "CC-BY-4.0" -> "by", "CC BY-SA 4.0" -> "by-sa", "cc0-1.0" -> "cc0",
     "Creative Commons Zero v1.0 Universal" -> "cc0", "MIT License" -> "mit", "Apache License 2.0" ->
-    "apache-2.0"; Objaverse 1.0's codes ("by", "by-nc", "cc0", "ed"...) stay as they are; None, empty or
-    NaN -> "unknown"."""
+    "apache-2.0"; the common long spellings too: "Creative Commons Attribution 4.0 International" -> "by",
+    "https://creativecommons.org/licenses/by-sa/4.0/" -> "by-sa", "Public domain (CC0)" -> "cc0";
+    Objaverse 1.0's codes ("by", "by-nc", "cc0", "ed"...) stay as they are; None, empty or NaN ->
+    "unknown"."""
     if value is None or value != value:  # None or NaN
         return "unknown"
-    text = re.sub(r"[\s_/]+", "-", str(value).strip().lower()).strip("-")
+    raw = str(value).strip().lower()
+    text = re.sub(r"[\s_/]+", "-", raw).strip("-")
     if text in ("", "none", "nan", "null", "unknown"):
         return "unknown"
     if text.startswith("cc0") or "commons-zero" in text or text in ("public-domain", "pd"):
         return "cc0"
     if text.startswith("apache"):
         return "apache-2.0" if "2" in text else "apache"
+    cc = _cc_family(re.sub(r"[()\[\],;]", " ", raw))
+    if cc is not None:
+        return cc[0]
     for prefix in ("creative-commons-", "cc-"):
         if text.startswith(prefix):
             text = text[len(prefix) :]
     text = re.sub(r"-v?\d+(\.\d+)*$", "", text)  # "by-4.0" -> "by"
     text = re.sub(r"-license$", "", text)
     return _LICENSE_ALIASES.get(text, text)
+
+
+def spdx_license(value: str | None) -> str:
+    """The SPDX identifier of a licence when it is recognizably one ("CC-BY-4.0", "CC0-1.0", "MIT",
+    "Apache-2.0"); a Creative Commons licence without a version gets 4.0. Else "unknown"."""
+    if value is None or value != value:
+        return "unknown"
+    code = normalize_license(value)
+    if code == "cc0":
+        return "CC0-1.0"
+    if code == "mit":
+        return "MIT"
+    if code == "apache-2.0":
+        return "Apache-2.0"
+    cc = _cc_family(re.sub(r"[()\[\],;]", " ", str(value).strip().lower()))
+    if code in ("by", "by-sa", "by-nc", "by-nd", "by-nc-sa", "by-nc-nd"):
+        version = (cc[1] if cc and cc[1] else None) or "4.0"
+        version = version if "." in version else f"{version}.0"
+        return f"CC-{code.upper()}-{version}"
+    return "unknown"
 
 
 def license_allowed(value: str | None, allow: list[str] | tuple[str, ...]) -> bool:
@@ -544,7 +617,8 @@ def _fetch_objaverse_xl(record: AssetRecord, cfg: AssetsConfig) -> Path:
         raise AssetFetchError(record.uid, f"not a GitHub blob URL: {record.url!r}")
     org, repo, _commit, rel = m.groups()
     base = _cache_dir(cfg)
-    local = base / "github" / "repos" / org / repo / rel
+    repos = (base / "github" / "repos").resolve()
+    local = confined(repos, Path(org) / repo / rel, record.uid)
     if local.is_file():
         return local
     _probe("github.com", cfg.fetch_timeout_s, record.uid)
@@ -561,7 +635,16 @@ def _fetch_objaverse_xl(record: AssetRecord, cfg: AssetsConfig) -> Path:
         raise AssetFetchError(
             record.uid, f"objaverse.xl download failed: {type(exc).__name__}: {exc}"
         ) from exc
-    path = Path(paths.get(record.url, local))
+    path = confined(repos, Path(paths.get(record.url, local)), record.uid)
     if not path.is_file():
         raise AssetFetchError(record.uid, f"{record.url} is not in the cloned repository")
     return path
+
+
+def confined(root: Path, path: Path, uid: str) -> Path:
+    """`path` (relative to `root`, or absolute) resolved, symlinks included; AssetFetchError unless it lies
+    inside `root`: an annotation with `..` or a link in a cloned repository must not pick any local file."""
+    full = (root / path).resolve()
+    if full != root and root not in full.parents:
+        raise AssetFetchError(uid, f"{path} leaves the cache folder {root}")
+    return full

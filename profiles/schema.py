@@ -76,6 +76,26 @@ class OrbitConfig:
 
 
 @dataclass
+class ClipConfig:
+    """Which animation of an asset becomes a sample (every action is listed in the manifest anyway)."""
+
+    select: Literal["longest", "action", "most_motion", "all"] = "longest"
+    """longest: the longest action (the union of the actions playing together); action: the one named
+    `action`; most_motion: the clip_duration_s window of any action with the most local motion; all: every
+    action as its own sample (uid suffixed by the action)."""
+    action: str = ""
+    """The action's name for select 'action' (as listed in the manifest's `actions` column)."""
+    motion_samples: int = 48
+    """most_motion: frames sampled over each action to measure the motion of every window."""
+
+    def validate(self) -> None:
+        if self.select == "action" and not self.action:
+            raise ValueError("clip.select 'action' needs clip.action (the action's name)")
+        if self.motion_samples < 2:
+            raise ValueError("clip.motion_samples must be at least 2")
+
+
+@dataclass
 class RenderConfig:
     """Blender CYCLES settings and the per-asset job limits."""
 
@@ -100,16 +120,47 @@ class RenderConfig:
     mode: Literal["4d", "static"] = "4d"
     """4d: animated assets, F frames; static: orbit-only samples (F = 1) for 3D pre-training."""
     timeout_s: float = 600.0
-    """Per-asset wall-clock limit of one Blender process."""
+    """Wall-clock limit of one Blender process: this fixed part plus timeout_per_image_s per image."""
     retries: int = 1
     """Extra attempts after a crash or a timeout (a bad asset is not retried)."""
     cpus_per_task: float = 1.0
     """Ray CPUs reserved per asset task."""
     gpus_per_task: float = 0.0
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    fill: float = 0.9
+    """Framing: the object's scale makes its farthest projected point, over every image of both orbits and
+    the whole clip, reach this fraction of the half side from the image centre (the release crops its input
+    so the object fills about 90% of the side). shards/render_schema.py states the rule."""
+    min_margin_px: float = 2.0
+    """Framing: at least this many pixels between the object and the border (small images)."""
+    crop_border: bool = True
+    """Render only each image's projected object box (+3 px); the pixels outside are transparent anyway."""
+    timeout_per_image_s: float = 0.0
+    """Each Blender process's limit is timeout_s + timeout_per_image_s x its image count."""
+    timeout_growth: float = 2.0
+    """A retry after a timeout gets this many times the budget (1: a timeout is not retried, since the
+    same budget would time out again)."""
+    orphan_skeleton: Literal["viewer", "gltf"] = "viewer"
+    """A glTF skin whose joints are in no scene: pose it as three.js viewers show it (viewer: the mesh
+    node's world matrix applies, usually upright) or as the glTF rule and Blender's importer do (gltf)."""
+    keep_work_images: bool = True
+    """false: delete the work folder's PNGs once the shard tar holds them (result.json etc. stay)."""
 
     def validate(self) -> None:
         if self.resolution < 8:
             raise ValueError("resolution must be at least 8")
+        if not 0.0 < self.fill <= 1.0:
+            raise ValueError(f"fill must lie in (0, 1], got {self.fill}")
+        if self.min_margin_px < 0 or 2 * self.min_margin_px >= self.resolution:
+            raise ValueError(f"min_margin_px must lie in [0, resolution / 2), got {self.min_margin_px}")
+        if self.timeout_s <= 0 or self.timeout_per_image_s < 0:
+            raise ValueError("timeout_s must be positive and timeout_per_image_s >= 0")
+        if self.timeout_growth < 1.0:
+            raise ValueError(f"timeout_growth must be >= 1, got {self.timeout_growth}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if self.cpus_per_task <= 0 or self.gpus_per_task < 0:
+            raise ValueError("cpus_per_task must be positive and gpus_per_task >= 0")
         if self.num_frames < 1:
             raise ValueError("num_frames must be at least 1")
         if self.samples < 1:
@@ -143,14 +194,24 @@ class FilterConfig:
     min_motion: float = 0.01
     """small_motion: mean per-vertex displacement after correction, relative to object size, below this."""
     max_scale_ratio: float = 1.5
-    """inconsistent_scale: max over min over time of the object's size (radius of gyration of its sampled
-    vertices: rotation-invariant, exact for uniform scaling) above this."""
+    """inconsistent_scale: max over min over time of the object's local scale (the area change of small
+    surface patches: exact for uniform scaling, 1 for rigid or articulated motion, ~1 for squash and
+    stretch) above this. The radius-of-gyration ratio (which rises when rigid parts move apart) stays
+    recorded as gyration_scale_ratio."""
     min_clip_frames: int = 2
     """clip_too_short: the chosen action spans fewer frames than this (4d mode)."""
     max_vertices: int = 2_000_000
     max_faces: int = 4_000_000
     require_license: bool = True
     """license: filter assets whose licence is not in assets.licenses."""
+    max_border_images: int = 0
+    """border_touch: more than this many images have alpha on their outermost pixel ring."""
+    min_alpha_coverage: float = 0.001
+    """transparent_image: an image whose mean alpha is below this (a flat asset seen edge-on)."""
+    max_transparent_images: int = 0
+    """transparent_image: more than this many images are below min_alpha_coverage."""
+    filter_orphan_skeleton: bool = False
+    """orphan_skeleton: filter skinned glTF assets whose skeleton root is in no scene (recorded anyway)."""
 
 
 @dataclass

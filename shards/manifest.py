@@ -41,6 +41,17 @@ RENDER_COLUMNS: dict[str, pa.DataType] = {
     "total_s": pa.float64(),
     "s_per_image": pa.float64(),
     "node_id": pa.string(),
+    # render stage on real assets (issue 14)
+    "action": pa.string(),
+    "actions": pa.string(),
+    "clip_start": pa.float64(),
+    "border_images": pa.int32(),
+    "transparent_images": pa.int32(),
+    "min_coverage": pa.float64(),
+    "max_coverage": pa.float64(),
+    "orphan_skeleton": pa.bool_(),
+    "timeout_s": pa.float64(),
+    "gyration_scale_ratio": pa.float64(),
 }
 
 #: latent status values: encoded (in the latent shard), failed (reason: unreadable_tar, schema, bad_image,
@@ -65,6 +76,8 @@ def _clean(value: Any, dtype: pa.DataType) -> Any:
         return None if math.isnan(value) else value
     if pa.types.is_integer(dtype):
         return int(value)
+    if pa.types.is_boolean(dtype):
+        return bool(value)
     return str(value)
 
 

@@ -14,10 +14,21 @@ field                                   content
                                         frames, normalization, global_offsets, environment, counts...
 ======================================  ===========================================================
 
-Cameras: the world is Blender's (Z up), normalized so the asset's bounding box over the whole clip has
-largest extent 1 and centre at the origin. A camera's OpenCV frame has x right, y down, z forward (into
+Cameras: the world is Blender's (Z up). A camera's OpenCV frame has x right, y down, z forward (into
 the scene), so ``x_world = c2w @ [x_cam, 1]``. Elevation is the angle above the XY plane; azimuth is
-measured from +X toward +Y. Each view keeps one camera for all frames.
+measured from +X toward +Y. Each view keeps one camera for all frames; every camera looks at the origin.
+
+Framing (schema version 2): ``p_world = scale * (p_asset - global_offsets[f] + offset)``, with ``offset``
+centring the asset's bounding box over the whole clip at the origin, and ``scale`` the largest scale at
+which every vertex of every rendered frame projects within ``fill`` (0.9) of the half side from the image
+centre, along u and along v, in every camera of the sample (both orbits), and at least ``min_margin_px``
+pixels from the border. So the whole object is inside every image, its widest image spans 90% of the side
+(the released SV3D/SV4D samplers crop their input so the object fills about 90% of the side), and no
+image has alpha on its outermost pixels. ``meta.normalization`` holds scale, offset, rule ("framing"),
+fill, min_margin_px and unit_extent_scale (the paper's largest-extent-1 scale, for reference; version 1
+samples used that scale, which let objects leave the frame). ``meta.curation.image_stats`` records, per
+image, the alpha coverage and whether alpha touches the border; ``meta.frames`` names the rendered action
+and lists every action of the file with its frame range.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ORBITS = ("static", "dynamic")
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 REQUIRED_META = ("uid", "mode", "resolution", "num_views", "num_frames", "orbits", "fov_deg")

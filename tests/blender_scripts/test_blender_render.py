@@ -1,5 +1,6 @@
 """render_asset / analyze_asset run as subprocesses exactly as the orchestrator runs them (needs bpy)."""
 
+import dataclasses
 import json
 import struct
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from blender_scripts.cameras import intrinsics, project, static_orbit
+from profiles.schema import RenderConfig
 
 pytestmark = pytest.mark.blender
 
@@ -73,11 +75,12 @@ def tetrahedron_glb() -> bytes:
     return glb_bytes(gltf, binary)
 
 
+RENDER_KEYS = {f.name for f in dataclasses.fields(RenderConfig)}
+
+
 def small_job(asset: Path, out_dir: Path, **kw) -> dict:
-    job = {
-        "uid": asset.stem,
-        "asset_path": str(asset),
-        "out_dir": str(out_dir),
+    """A job as the orchestrator writes it: cfg.render plus the per-asset fields; kw may set either."""
+    render = {
         "mode": "4d",
         "resolution": 64,
         "num_frames": 3,
@@ -87,10 +90,17 @@ def small_job(asset: Path, out_dir: Path, **kw) -> dict:
         "denoiser": "none",
         "device": "CPU",
         "threads": 2,
+    }
+    job = {
+        "uid": asset.stem,
+        "asset_path": str(asset),
+        "out_dir": str(out_dir),
         "seed": 5,
         "environment": {"kind": "sky", "strength": 1.0},
+        "render": render,
     }
-    job.update(kw)
+    for k, v in kw.items():
+        (render if k in RENDER_KEYS else job)[k] = v
     return job
 
 
@@ -128,6 +138,10 @@ def test_fox_result_metadata(fox_render):
                 project(np.zeros(3), np.array(c2w), np.array(res["K"])), [32, 32], atol=1e-6
             )
     assert res["timings"]["images"] == 18
+    # per-image progress for the orchestrator, and a log line per image
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["images_done"] == progress["images_total"] == 18
+    assert "image 18/18" in proc.stderr
     # Cycles' chatter goes to the per-asset log, not to the process output
     assert "Fra:" in (out / "blender.log").read_text()
     assert "Fra:" not in proc.stdout + proc.stderr
@@ -163,10 +177,12 @@ def test_analysis_matches_render_frames(fox_render, tmp_path):
     assert info["frames"]["source_frames"] == res["frames"]["source_frames"]
     data = np.load(out / "analysis.npz")
     assert data["positions"].shape == (3, 500, 3) and data["positions"].dtype == np.float32
-    # the render's normalization is the union bbox over the clip: largest extent 1, centred
+    # the render's centre is the union bbox over the clip; the unit-extent scale is recorded beside the
+    # framing scale that the render uses
     lo, hi = data["bbox_min"].min(0), data["bbox_max"].max(0)
     norm = res["normalization"]
-    assert norm["scale"] == pytest.approx(1 / (hi - lo).max(), rel=1e-5)
+    assert norm["rule"] == "framing" and norm["fill"] == 0.9
+    assert norm["unit_extent_scale"] == pytest.approx(1 / (hi - lo).max(), rel=1e-5)
     np.testing.assert_allclose(norm["offset"], -(lo + hi) / 2, atol=1e-5)
     assert (data["positions"].min(1) >= data["bbox_min"] - 1e-5).all()
 
@@ -211,7 +227,7 @@ def test_static_mode_renders_one_frame_of_a_static_mesh(tmp_path):
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "ok" and res["num_vertices"] >= 4 and len(res["frames"]["source_frames"]) == 1
     assert sorted(p.name for p in (out / "static").iterdir()) == ["v00_f00.png", "v01_f00.png"]
-    assert res["normalization"]["scale"] == pytest.approx(1.0)
+    assert res["normalization"]["unit_extent_scale"] == pytest.approx(1.0)
     assert alpha(out / "static" / "v00_f00.png").mean() > 0.01
 
 
@@ -238,7 +254,7 @@ def test_global_offsets_counter_translate_the_asset(tmp_path):
     job = small_job(
         FOX, tmp_path / "out", num_frames=2, clip_duration_s=0.01, orbits=["static"], global_offsets=offsets
     )
-    job["orbit"]["num_views"] = 1  # azimuth 0: the camera on +X, image right = world +Y
+    job["render"]["orbit"]["num_views"] = 1  # azimuth 0: the camera on +X, image right = world +Y
     proc = run_script("render_asset", job, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "result.json").read_text())
@@ -291,8 +307,8 @@ def test_render_border_crop_changes_no_pixel(fox_render, tmp_path):
     out_crop, res, _ = fox_render
     assert res["render_settings"]["crop_border"] is True
     out = tmp_path / "full"
-    job = small_job(FOX, out, uid="fox", orbits=["static"], crop_border=False)
-    job["orbit"]["num_views"] = 1  # static view 0 is the same camera as in the 3-view fixture
+    # the same cameras as the fixture (the framing scale depends on all of them), uncropped
+    job = small_job(FOX, out, uid="fox", crop_border=False)
     proc = run_script("render_asset", job, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["render_settings"]["crop_border"] is False

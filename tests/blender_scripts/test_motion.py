@@ -195,3 +195,31 @@ def test_scale_ratio_ignores_rotation_and_sees_uniform_growth():
     # an object that appears from (almost) nothing
     grow = np.stack([cube * s for s in (0.0, 0.5, 1.0)])
     assert motion_metrics(grow, None, grow.min(1), grow.max(1))["scale_ratio"] == float("inf")
+
+
+def test_scale_ratio_follows_deformation_not_articulation():
+    # two rigid boxes; the upper one rises out of the lower one (the 1.82 case): no scaling at all
+    rng = np.random.default_rng(3)
+    lower = rng.uniform(-0.5, 0.5, (300, 3))
+    upper = rng.uniform(-0.4, 0.4, (300, 3))
+    frames = []
+    for lift in np.linspace(0.0, 1.6, 5):
+        frames.append(np.concatenate([lower, upper + [0.0, 0.0, lift]]))
+    pos = np.stack(frames)
+    m = motion_metrics(pos, None, pos.min(1), pos.max(1))
+    assert m["scale_ratio"] == pytest.approx(1.0, abs=0.02)
+    assert m["gyration_scale_ratio"] > 1.5  # the old measure, still recorded, calls this inconsistent
+    # the same pair uniformly grown by 1.7 over the clip: exactly 1.7
+    grow = np.stack([pos[0] * s for s in np.linspace(1.0, 1.7, 4)])
+    assert motion_metrics(grow, None, grow.min(1), grow.max(1))["scale_ratio"] == pytest.approx(1.7, rel=1e-9)
+
+
+def test_scale_ratio_of_a_squash_and_stretch_stays_near_one():
+    # surface points of a sphere, stretched 1.6x along z and squashed 1/sqrt(1.6) across: same volume
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(1500, 3))
+    sphere = v / np.linalg.norm(v, axis=1, keepdims=True)
+    frames = [sphere * [1 / np.sqrt(s), 1 / np.sqrt(s), s] for s in np.linspace(1.0, 1.6, 4)]
+    pos = np.stack(frames)
+    m = motion_metrics(pos, None, pos.min(1), pos.max(1))
+    assert m["scale_ratio"] < 1.15 and m["bbox_scale_ratio"] == pytest.approx(1.6, rel=1e-3)

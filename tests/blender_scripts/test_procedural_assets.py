@@ -26,8 +26,7 @@ def analyze(asset: Path, out: Path, mode: str = "4d", num_frames: int = 5) -> tu
         "uid": asset.stem,
         "asset_path": str(asset),
         "out_dir": str(out),
-        "mode": mode,
-        "num_frames": num_frames,
+        "render": {"mode": mode, "num_frames": num_frames},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "job.json").write_text(json.dumps(job))

@@ -90,7 +90,7 @@ def test_render_shard_ships_absolute_paths_to_workers(tmp_path, monkeypatch):
 
     def fake_run_tasks(records, cfg, work):
         seen.update(cfg=cfg, work=work)
-        return [{"uid": "a", "source": "local", "status": "failed", "reason": "crash"}]
+        return [[{"uid": "a", "source": "local", "status": "failed", "reason": "crash"}]]
 
     monkeypatch.setattr(render, "run_tasks", fake_run_tasks)
     summary = render.render_shard(cfg, 0)
@@ -142,7 +142,7 @@ def test_killed_worker_takes_its_blender_process_along(tmp_path):
 
 def test_force_redoes_the_assets_of_a_complete_shard(tmp_path, monkeypatch):
     from curation import hdri, render, sources
-    from curation.asset_task import read_done
+    from curation.asset_task import prepare_asset_dir, read_done, settings_fingerprint
     from profiles import load_profile
 
     cfg = load_profile("demo", [f"out_dir={tmp_path}"])
@@ -152,14 +152,14 @@ def test_force_redoes_the_assets_of_a_complete_shard(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "_init_ray", lambda *a: None)
     paths = render.shard_paths(tmp_path, 0)
     row = {"uid": "a", "source": "local", "status": "failed", "reason": "crash"}
-    (paths["work"] / "a").mkdir(parents=True)
+    prepare_asset_dir(paths["work"] / "a", settings_fingerprint(cfg))
     (paths["work"] / "a" / "done.json").write_text('{"uid": "a", "status": "failed", "reason": "old"}')
     seen = []
 
     def fake_run_tasks(records, cfg, work):
         seen.append(read_done(work / "a"))
         assert not paths["manifest"].exists()  # a killed forced run must not look complete
-        return [dict(row)]
+        return [[dict(row)]]
 
     monkeypatch.setattr(render, "run_tasks", fake_run_tasks)
     paths["tar"].parent.mkdir(parents=True)

@@ -164,7 +164,15 @@ def test_fox_passes_the_filters_and_renders_through_the_pipeline(tmp_path, share
     assert row["num_vertices"] == 1728 and row["license"] == "CC-BY-4.0"
     assert row["motion"] > cfg.curation.filters.min_motion
     assert 1.0 <= row["scale_ratio"] < cfg.curation.filters.max_scale_ratio
+    # issue 14: the same path as the procedural assets: framed, checked per image, every action listed
+    assert row["border_images"] == 0 and row["transparent_images"] == 0 and row["min_coverage"] > 0.01
+    assert json.loads(row["actions"]) == [
+        {"name": "Armature|Take 001|BaseLayer", "frame_range": [pytest.approx(0.96), pytest.approx(383.04)]}
+    ]
+    assert row["orphan_skeleton"] is False
     (sample,) = list(iter_render_samples(summary["tar"]))
+    assert sample.meta["normalization"]["rule"] == "framing"
+    assert sample.meta["curation"]["image_stats"]["border_images"] == 0
     assert sample.meta["frames"]["action"] and len(sample.meta["frames"]["source_frames"]) == 3
     for orbit in ("static", "dynamic"):
         alpha = sample.images[orbit][..., 3] > 127  # (V, F, H, W)

@@ -7,7 +7,13 @@ import pytest
 from shards.contact_sheet import contact_sheet
 from shards.inspect import main as inspect_main
 from shards.reader import iter_raw_samples, iter_render_samples, list_keys
-from shards.render_schema import SchemaError, decode_render_sample, encode_render_sample, npy_bytes
+from shards.render_schema import (
+    SCHEMA_VERSION,
+    SchemaError,
+    decode_render_sample,
+    encode_render_sample,
+    npy_bytes,
+)
 from shards.writer import ShardWriter
 from tests.synthetic import make_render_sample
 
@@ -24,7 +30,7 @@ def test_write_read_round_trip_is_exact(tmp_path):
             np.testing.assert_array_equal(want.images[orbit], have.images[orbit])
             np.testing.assert_array_equal(want.c2w[orbit], have.c2w[orbit])
             np.testing.assert_array_equal(want.angles[orbit], have.angles[orbit])
-        assert have.meta["schema_version"] == 1
+        assert have.meta["schema_version"] == SCHEMA_VERSION
 
 
 def test_same_samples_give_identical_bytes(tmp_path):
