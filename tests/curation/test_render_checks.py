@@ -242,23 +242,17 @@ def test_a_transient_failure_keeps_the_shard_incomplete(tmp_path, monkeypatch):
     assert seen == [["c"]]
 
 
+def shard_args(out, *sets: str) -> list[str]:
+    """`python -m curation.render` arguments for shard 0 into `out` with `--set` overrides."""
+    return ["--shard", "0", "--out", str(out), *[arg for s in sets for arg in ("--set", s)]]
+
+
 def test_a_task_larger_than_the_cluster_stops_at_once(tmp_path, monkeypatch, capsys):
     from curation import render
 
     cfg, seen = _shard_setup(tmp_path, monkeypatch, {"c": ("failed", "crash")})
     monkeypatch.setattr(render, "_cluster_resources", lambda: {"CPU": 2.0})
-    code = render.main(
-        [
-            "--shard",
-            "0",
-            "--out",
-            str(tmp_path),
-            "--set",
-            "render.cpus_per_task=4",
-            "--set",
-            "render.gpus_per_task=0",
-        ]
-    )
+    code = render.main(shard_args(tmp_path, "render.cpus_per_task=4", "render.gpus_per_task=0"))
     err = capsys.readouterr().err
     assert code == 2 and "render.cpus_per_task=4" in err and "2 CPUs" in err and not seen
     assert len(err.strip().splitlines()) == 1
@@ -269,18 +263,7 @@ def test_a_task_larger_than_the_cluster_stops_at_once(tmp_path, monkeypatch, cap
 def test_missing_local_dir_is_one_line(tmp_path, capsys):
     from curation import render
 
-    code = render.main(
-        [
-            "--shard",
-            "0",
-            "--out",
-            str(tmp_path),
-            "--set",
-            "assets.source=local",
-            "--set",
-            f"assets.local_dir={tmp_path}/nope",
-        ]
-    )
+    code = render.main(shard_args(tmp_path, "assets.source=local", f"assets.local_dir={tmp_path}/nope"))
     err = capsys.readouterr().err
     assert code == 2 and "local_dir" in err and len(err.strip().splitlines()) == 1
 

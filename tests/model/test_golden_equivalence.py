@@ -204,34 +204,17 @@ class ToyNetwork(torch.nn.Module):
 def test_sampler_matches_the_release(sampler_case, tiny_config):
     s = sampler_case
     toy = ToyNetwork({k: v for k, v in s.items() if k.startswith("toy.")}, 32, 48)
-    x = sample_latents(
-        toy,
-        s["cond"],
-        s["clip"],
-        s["polar"],
-        s["azimuth"],
-        s["ref"],
-        cond_aug=0.0,
-        num_steps=4,
-        noise=s["x_init_randn"],
-        autocast_dtype=None,
-    )
+
+    def run(**noise):
+        args = (s["cond"], s["clip"], s["polar"], s["azimuth"], s["ref"])
+        return sample_latents(toy, *args, cond_aug=0.0, num_steps=4, autocast_dtype=None, **noise)
+
+    x = run(noise=s["x_init_randn"])
     assert toy.calls == 8  # 4 steps x (conditional, unconditional)
     err = (x - s["x_final"]).abs().max().item()
     assert err < SAMPLER_ATOL, f"max |ours - release| = {err:.3g}"
     # The same initial noise drawn from the generator the golden README names (seed 42).
-    x_gen = sample_latents(
-        toy,
-        s["cond"],
-        s["clip"],
-        s["polar"],
-        s["azimuth"],
-        s["ref"],
-        cond_aug=0.0,
-        num_steps=4,
-        generator=torch.Generator().manual_seed(42),
-        autocast_dtype=None,
-    )
+    x_gen = run(generator=torch.Generator().manual_seed(42))
     assert (x_gen - s["x_final"]).abs().max().item() < SAMPLER_ATOL
 
 

@@ -18,13 +18,7 @@ from shards.generated_schema import read_generated
 RES = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny network's ops are too small to share out: on a loaded CPU extra threads only wait (20x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -132,14 +126,20 @@ def test_sample_command_errors_are_one_line(workspace, capsys, tmp_path):
     assert "set sample.checkpoint" in capsys.readouterr().out
 
 
+def input_folder(tmp_path: Path, workspace: Path, good: str, corrupt: str) -> Path:
+    """A folder of batch inputs: the moving-square video as `good` and garbage bytes as `corrupt`."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / good).write_bytes((workspace / "square.mp4").read_bytes())
+    (inputs / corrupt).write_bytes(b"garbage")
+    return inputs
+
+
 @pytest.mark.slow
 def test_batch_rows_record_failures_and_skip_finished_inputs(workspace, tmp_path):
     from model.sample_batch import list_inputs, read_manifest, run_inputs, write_manifest
 
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    (inputs / "a.mp4").write_bytes((workspace / "square.mp4").read_bytes())
-    (inputs / "zz_corrupt.mp4").write_bytes(b"garbage")
+    inputs = input_folder(tmp_path, workspace, "a.mp4", "zz_corrupt.mp4")
     specs = list_inputs(inputs)
     assert [Path(s).name for s in specs] == ["a.mp4", "zz_corrupt.mp4"]
     cfg = load_profile(
@@ -161,10 +161,7 @@ def test_batch_runs_as_ray_tasks(workspace, tmp_path):
 
     from model.sample_batch import MANIFEST, read_manifest, run_batch
 
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    (inputs / "b.mp4").write_bytes((workspace / "square.mp4").read_bytes())
-    (inputs / "c.mp4").write_bytes(b"garbage")
+    inputs = input_folder(tmp_path, workspace, "b.mp4", "c.mp4")
     cfg = load_profile(
         "demo", overrides(workspace, "sample.views_per_pass=2", "sample.cameras=[[0, 90], [0, 180]]")
     )

@@ -21,25 +21,12 @@ from model.train_step import training_loss
 from model.unet import build_unet
 from profiles import load_profile
 from profiles.schema import StageConfig, TrainConfig
-from shards.synthetic import synthetic_latent_sample, write_latent_shards
+from shards.synthetic import synthetic_latent_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is all small ops: one thread is 2-3x faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shard_glob(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("latents")
-    write_latent_shards(d, num_shards=2, per_shard=2)
-    return str(d / "shard-*.tar")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stage_list(shard_glob: str, name: str = "4d", steps: int = 4) -> list[dict]:

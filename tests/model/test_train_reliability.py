@@ -20,20 +20,7 @@ from shards.synthetic import synthetic_latent_sample, write_latent_shards
 from shards.writer import ShardWriter
 from tests.model.test_train import make_cfg, train_overrides
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shard_glob(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("latents")
-    write_latent_shards(d, num_shards=2, per_shard=2)
-    return str(d / "shard-*.tar")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_shard(path: Path, samples: list[tuple[str, dict]]) -> str:
