@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from model.video_input import read_video
+from shards.generated_schema import read_generated
 from shards.index import index_tar
 from shards.latent_schema import decode_latent_sample
 from shards.layout import latent_manifest_path, latent_shard_path, render_manifest_path, render_shard_path
@@ -53,6 +55,8 @@ def test_make_demo_runs_every_stage(tmp_path):
         "curation.encode_latents",
         "curation.encode_latents",
         "model.train",
+        "model.sample",
+        "evaluation.run",
     ]
     for cmd in commands:
         proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -75,3 +79,11 @@ def test_make_demo_runs_every_stage(tmp_path):
         meta = json.loads((ckpt / "meta.json").read_text())
         assert meta["step"] == 4 and meta["bad_steps_total"] == 0 and meta["loss"] == meta["loss"]  # not NaN
         assert (ckpt / "model.safetensors").is_file() and (ckpt / "ema.safetensors").is_file()
+    # novel views of the demo render sample from the 4d checkpoint: videos that read back, a valid sample
+    (sample_dir,) = [p.parent for p in (out / "samples").glob("*/generated.tar")]
+    generated = read_generated(str(sample_dir / "generated.tar"))
+    frames, info = read_video(sample_dir / "grid.mp4")
+    assert len(frames) == generated.images.shape[1] and info["kind"] == "video"
+    assert len(list(sample_dir.glob("view_*.mp4"))) == generated.images.shape[0] - 1  # view 0 is the input
+    table = (out / "evaluation" / "table.md").read_text()
+    assert "PSNR" in table and "SV4D 2.0" in table
