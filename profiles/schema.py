@@ -510,6 +510,8 @@ class Fit4DConfig:
     """Side of the orbit videos (0: the fitting resolution)."""
     fps: int = 12
     """Frames per second of the animation (GLB) and the videos."""
+    export_global_motion: bool = True
+    """Put the renderer's removed global motion (meta `global_offsets`) back as a root translation track."""
 
     def validate(self) -> None:
         if self.lr <= 0:

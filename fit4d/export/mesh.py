@@ -45,9 +45,8 @@ def marching_cubes(density: np.ndarray, threshold: float, bound: float) -> tuple
         )
     r = density.shape[0]
     spacing = (2 * bound / (r - 1),) * 3
+    # for a density (high inside), skimage's "ascent" winding gives outward-facing triangles (tested)
     verts, faces, _, _ = skimage_mc(density, level=threshold, spacing=spacing, gradient_direction="ascent")
-    # gradient_direction='ascent' orients normals toward increasing density; flip to point outward
-    faces = faces[:, ::-1]
     return (verts - bound).astype(np.float32), np.ascontiguousarray(faces, dtype=np.int64)
 
 
