@@ -261,7 +261,14 @@ class Fitter:
         self.sync()
         start = time.perf_counter()
         self.model.dynamic = self.num_frames > 1
-        renders = self.render_all(with_normals=True)
+        # only the training views are ever sampled, so only they need new targets and normals
+        train = self.train_views
+        partial = self.render_all(with_normals=True, views=train)
+        renders = {}
+        for k, val in partial.items():
+            full = torch.zeros(self.num_views, *val.shape[1:], device=val.device, dtype=val.dtype)
+            full[torch.from_numpy(train).to(val.device)] = val
+            renders[k] = full
         self.normal_targets = renders["normal"]
         if refiner is not None:
             angles = self.angles
@@ -279,7 +286,8 @@ class Fitter:
                 num_steps=self.cfg.refine_num_steps,
             )
             refined = torch.from_numpy(check_refined(request, refiner(request))).to(self.device)
-            keep = torch.zeros(self.num_views, dtype=torch.bool, device=self.device)
+            keep = torch.ones(self.num_views, dtype=torch.bool, device=self.device)
+            keep[torch.from_numpy(train).to(self.device)] = False
             keep[self.data.input_view] = True
             self.rgb = torch.where(keep[:, None, None, None, None], self.rgb, refined)
         self.sync()
@@ -289,7 +297,7 @@ class Fitter:
     @torch.no_grad()
     def render_image(
         self, c2w: torch.Tensor, t: float, height: int, width: int, K: torch.Tensor, with_normals: bool = False,
-        chunk: int = 2**14,
+        chunk: int = 2**16,
     ) -> dict[str, torch.Tensor]:
         """rgb (H, W, 3), opacity (H, W), depth (H, W)[, normal (H, W, 3) unit] of one camera at time t."""
         origins, dirs = image_rays(c2w, K, height, width)
