@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD) --set render.mode=static
 	$(PY) -m model.train --profile $(PROFILE)
+	$(PY) -m fit4d.run --profile $(PROFILE) outputs/$(PROFILE)/renders/shard-$(SHARD6).tar --limit 1
 	@echo "demo done: outputs/$(PROFILE)/{renders,latents,contact_sheets,report,checkpoints}"
 
 render: $(STAMP)

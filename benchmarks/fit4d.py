@@ -65,7 +65,9 @@ def evaluate(fitter, views: list[int]) -> dict:
 
 def run_setting(sample, base_overrides, name, train_views, held_out, args) -> dict:
     cfg = load_profile(args.profile, [*base_overrides, f"fit4d.train_views={train_views}"]).fit4d
-    data = fit_input_from_render_sample(sample, cfg.orbit, cfg.input_view, cfg.render.background, cfg.resolution)
+    data = fit_input_from_render_sample(
+        sample, cfg.orbit, cfg.input_view, cfg.render.background, cfg.resolution
+    )
     t0 = time.perf_counter()
     fitter, report = fit(data, cfg)
     seconds = time.perf_counter() - t0
@@ -99,8 +101,12 @@ def main() -> None:
     p.add_argument("--json", default="")
     args = p.parse_args()
     start = time.perf_counter()
-    results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                     "torch": torch.__version__, "overrides": args.overrides, "runs": []}
+    results: dict = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "overrides": args.overrides,
+        "runs": [],
+    }
 
     def save():
         if args.json:
@@ -112,17 +118,26 @@ def main() -> None:
         s = samples[0]
         ov = [*args.overrides, f"fit4d.resolution={args.speed_resolution}", *args.speed_set]
         cfg = load_profile(args.profile, ov).fit4d
-        data = fit_input_from_render_sample(s, cfg.orbit, cfg.input_view, cfg.render.background, cfg.resolution)
+        data = fit_input_from_render_sample(
+            s, cfg.orbit, cfg.input_view, cfg.render.background, cfg.resolution
+        )
         t0 = time.perf_counter()
         fitter, report = fit(data, cfg)
         total = time.perf_counter() - t0
         st = report["stages"]
-        run = {"setting": "speed", "key": s.key, "resolution": args.speed_resolution, "total_s": total,
-               "stage1_s": st["stage1"]["seconds"], "stage1_iters": st["stage1"]["iterations"],
-               "stage2_s": st.get("stage2", {}).get("seconds", 0.0), "stage2_iters": st.get("stage2", {}).get("iterations", 0),
-               "stage2_render_all_s": st.get("stage2", {}).get("refine_seconds", 0.0),
-               "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
-               "note": "stage-2 denoising not included (no sampler start-from-image mode yet)"}
+        run = {
+            "setting": "speed",
+            "key": s.key,
+            "resolution": args.speed_resolution,
+            "total_s": total,
+            "stage1_s": st["stage1"]["seconds"],
+            "stage1_iters": st["stage1"]["iterations"],
+            "stage2_s": st.get("stage2", {}).get("seconds", 0.0),
+            "stage2_iters": st.get("stage2", {}).get("iterations", 0),
+            "stage2_render_all_s": st.get("stage2", {}).get("refine_seconds", 0.0),
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
+            "note": "stage-2 denoising not included (no sampler start-from-image mode yet)",
+        }
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
         save()
@@ -143,11 +158,15 @@ def main() -> None:
     print(f"{'setting':8} {'key':14} {'res':>4} {'fit s':>7} {'PSNR':>6} {'SSIM':>6} {'IoU':>5}")
     for r in results["runs"]:
         if "heldout_psnr" in r:
-            print(f"{r['setting']:8} {r['key']:14} {r['resolution']:4d} {r['fit_s']:7.1f} {r['heldout_psnr']:6.2f} "
-                  f"{r['heldout_ssim']:6.3f} {r['heldout_mask_iou']:5.3f}")
+            print(
+                f"{r['setting']:8} {r['key']:14} {r['resolution']:4d} {r['fit_s']:7.1f} "
+                f"{r['heldout_psnr']:6.2f} {r['heldout_ssim']:6.3f} {r['heldout_mask_iou']:5.3f}"
+            )
         elif r.get("setting") == "speed":
-            print(f"speed    {r['key']:14} {r['resolution']:4d} {r['total_s']:7.1f}  (stage1 {r['stage1_s']:.1f} s, "
-                  f"stage2 {r['stage2_s']:.1f} s)")
+            print(
+                f"speed    {r['key']:14} {r['resolution']:4d} {r['total_s']:7.1f}  "
+                f"(stage1 {r['stage1_s']:.1f} s, stage2 {r['stage2_s']:.1f} s)"
+            )
     save()
 
 

@@ -24,7 +24,9 @@ def pixel_rays(
     return c2w[:, :3, 3].to(K.dtype).expand_as(dirs), dirs
 
 
-def image_rays(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def image_rays(
+    c2w: torch.Tensor, K: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All rays of one (height, width) image, row-major: (H * W, 3) origins and directions."""
     rows, cols = torch.meshgrid(
         torch.arange(height, device=K.device), torch.arange(width, device=K.device), indexing="ij"

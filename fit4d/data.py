@@ -67,9 +67,13 @@ def fit_input_from_views(
     c2w = np.asarray(c2w, np.float32)
     K = np.asarray(K, np.float32)
     if c2w.shape != (len(views), 4, 4):
-        raise FitInputError(f"{key}: c2w has shape {c2w.shape}, expected ({len(views)}, 4, 4) for {len(views)} views")
+        raise FitInputError(
+            f"{key}: c2w has shape {c2w.shape}, expected ({len(views)}, 4, 4) for {len(views)} views"
+        )
     if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise FitInputError(f"{key}: intrinsics must be a finite (3, 3) pinhole K with positive focal lengths")
+        raise FitInputError(
+            f"{key}: intrinsics must be a finite (3, 3) pinhole K with positive focal lengths"
+        )
     if not np.all(np.isfinite(c2w)):
         raise FitInputError(f"{key}: cameras contain NaN or Inf")
     first = np.asarray(views[0])
@@ -107,11 +111,17 @@ def fit_input_from_views(
         K[:2] *= resolution / w
     alpha = data[..., 3]
     rgb = data[..., :3] * alpha[..., None] + background * (1.0 - alpha[..., None])
-    return FitInput(key, rgb.astype(np.float32), alpha.astype(np.float32), c2w, K, input_view, dict(meta or {}))
+    return FitInput(
+        key, rgb.astype(np.float32), alpha.astype(np.float32), c2w, K, input_view, dict(meta or {})
+    )
 
 
 def fit_input_from_render_sample(
-    sample: RenderSample, orbit: str = "static", input_view: int = 0, background: float = 1.0, resolution: int = 0
+    sample: RenderSample,
+    orbit: str = "static",
+    input_view: int = 0,
+    background: float = 1.0,
+    resolution: int = 0,
 ) -> FitInput:
     if orbit not in sample.images:
         raise FitInputError(f"{sample.key}: no {orbit!r} orbit (the sample has {sample.orbits})")
@@ -140,7 +150,9 @@ def read_render_sample(path: str | Path, key: str | None = None) -> RenderSample
         raise FitInputError(f"{path}: the shard holds no samples")
     want = keys[0] if key is None else key
     if want not in keys:
-        raise FitInputError(f"{path}: no sample {want!r} (keys: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''})")
+        raise FitInputError(
+            f"{path}: no sample {want!r} (keys: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''})"
+        )
     for sample in iter_render_samples(path):
         if sample.key == want:
             return sample

@@ -25,7 +25,11 @@ class DynamicNeRF(nn.Module):
         super().__init__()
         self.bound = cfg.bound
         self.encoding = HashGrid(
-            cfg.num_levels, cfg.features_per_level, cfg.log2_hashmap_size, cfg.base_resolution, cfg.max_resolution
+            cfg.num_levels,
+            cfg.features_per_level,
+            cfg.log2_hashmap_size,
+            cfg.base_resolution,
+            cfg.max_resolution,
         )
         self.geo_feat_dim = cfg.geo_feat_dim
         self.density_mlp = MLP(self.encoding.output_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim)

@@ -31,7 +31,7 @@ from fit4d.losses import (
     weighted_mse,
 )
 from fit4d.occupancy import OccupancyGrid
-from fit4d.refine import RefineRequest, Refiner, check_refined
+from fit4d.refine import Refiner, RefineRequest, check_refined
 from fit4d.rendering import render_rays
 from fit4d.sampling import (
     orthogonal_views,
@@ -83,7 +83,9 @@ class Fitter:
         self.num_views, self.num_frames = data.num_views, data.num_frames
         self.height, self.width = data.resolution
         if cfg.patch_size > min(self.height, self.width):
-            raise ValueError(f"fit4d.patch_size {cfg.patch_size} exceeds the {self.height}x{self.width} images")
+            raise ValueError(
+                f"fit4d.patch_size {cfg.patch_size} exceeds the {self.height}x{self.width} images"
+            )
         self.angles = spherical(data.c2w)
         views = np.array(cfg.train_views or range(self.num_views), np.int64)
         if views.size == 0 or views.min() < 0 or views.max() >= self.num_views:
@@ -140,7 +142,8 @@ class Fitter:
         cfg, lc, dev = self.cfg, self.cfg.loss, self.device
         p = cfg.patch_size
         rows, cols = zip(
-            *(strided_patch(self.height, self.width, p, cfg.max_patch_stride, self.rng) for _ in views), strict=True
+            *(strided_patch(self.height, self.width, p, cfg.max_patch_stride, self.rng) for _ in views),
+            strict=True,
         )
         rows_t = torch.from_numpy(np.stack(rows)).to(dev)  # (B, P, P)
         cols_t = torch.from_numpy(np.stack(cols)).to(dev)
@@ -170,7 +173,11 @@ class Fitter:
         fg = alpha > 0.5
         losses: dict[str, torch.Tensor] = {}
         weights = None
-        if lc.visibility_weighting and with_normals or (lc.visibility_weighting and self.normal_targets is not None):
+        if (
+            lc.visibility_weighting
+            and with_normals
+            or (lc.visibility_weighting and self.normal_targets is not None)
+        ):
             normals = (
                 self.normal_targets[v_t, f_t, rows_t, cols_t]
                 if self.normal_targets is not None
@@ -193,7 +200,9 @@ class Fitter:
                     normal, target, lc.bilateral_sigma
                 )
             if lc.normal > 0 and self.normal_targets is not None:
-                losses["normal"] = lc.normal * normal_loss(normal, self.normal_targets[v_t, f_t, rows_t, cols_t], fg)
+                losses["normal"] = lc.normal * normal_loss(
+                    normal, self.normal_targets[v_t, f_t, rows_t, cols_t], fg
+                )
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -236,7 +245,9 @@ class Fitter:
                 if static:
                     window = np.zeros(1, np.int64)
                 elif name == "stage1" and cfg.frame_sampling == "progressive":
-                    w = window_size(d_it, dynamic_iters, self.num_frames, cfg.window_start, cfg.window_grow_frac)
+                    w = window_size(
+                        d_it, dynamic_iters, self.num_frames, cfg.window_start, cfg.window_grow_frac
+                    )
                     window = np.arange(w)
                 else:
                     window = np.arange(self.num_frames)
@@ -256,8 +267,9 @@ class Fitter:
         return stage_log
 
     def refine_targets(self, refiner: Refiner | None) -> float:
-        """Stage-2 setup: render every view and frame; with a refiner, its output replaces the targets of all
-        views but the input view. The stage-1 normals become the visibility/normal targets. Returns seconds."""
+        """Stage-2 setup: render every training view and frame; with a refiner, its output replaces the
+        targets of the training views but the input view. The stage-1 normals become the visibility/normal
+        targets. Returns seconds."""
         self.sync()
         start = time.perf_counter()
         self.model.dynamic = self.num_frames > 1
@@ -296,7 +308,13 @@ class Fitter:
     # ---- rendering whole images ----------------------------------------------------------------
     @torch.no_grad()
     def render_image(
-        self, c2w: torch.Tensor, t: float, height: int, width: int, K: torch.Tensor, with_normals: bool = False,
+        self,
+        c2w: torch.Tensor,
+        t: float,
+        height: int,
+        width: int,
+        K: torch.Tensor,
+        with_normals: bool = False,
         chunk: int = 2**16,
     ) -> dict[str, torch.Tensor]:
         """rgb (H, W, 3), opacity (H, W), depth (H, W)[, normal (H, W, 3) unit] of one camera at time t."""
@@ -305,8 +323,14 @@ class Fitter:
         for s in range(0, origins.shape[0], chunk):
             o, d = origins[s : s + chunk], dirs[s : s + chunk]
             out = render_rays(
-                self.field_fn, o, d, torch.full((o.shape[0],), float(t), device=o.device), self.cfg.nerf.bound,
-                self.cfg.render.num_samples, occupied=self.occupancy, with_normals=with_normals,
+                self.field_fn,
+                o,
+                d,
+                torch.full((o.shape[0],), float(t), device=o.device),
+                self.cfg.nerf.bound,
+                self.cfg.render.num_samples,
+                occupied=self.occupancy,
+                with_normals=with_normals,
                 background=self.cfg.render.background,
             )
             for k in ("rgb", "opacity", "depth", "normal"):
@@ -317,14 +341,21 @@ class Fitter:
             res["normal"] = res["normal"] / res["normal"].norm(dim=-1, keepdim=True).clamp(min=1e-6)
         return res
 
-    def render_all(self, with_normals: bool = False, views: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    def render_all(
+        self, with_normals: bool = False, views: np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
         """Every (view, frame) of the input cameras: rgb (V, F, H, W, 3), opacity (V, F, H, W)[, normal]."""
         views = np.arange(self.num_views) if views is None else views
         out: dict[str, list[torch.Tensor]] = {}
         for v in views:
             for f in range(self.num_frames):
                 r = self.render_image(
-                    self.c2w[v], float(frame_time(f, self.num_frames)), self.height, self.width, self.K, with_normals
+                    self.c2w[v],
+                    float(frame_time(f, self.num_frames)),
+                    self.height,
+                    self.width,
+                    self.K,
+                    with_normals,
                 )
                 for k, val in r.items():
                     out.setdefault(k, []).append(val)
@@ -362,6 +393,8 @@ def fit(
         if on_stage is not None:
             on_stage("stage2", fitter)
     report["normal_source"] = (
-        "omnidata" if cfg.loss.normal_estimator == "omnidata" else "stage-1 NeRF normals (stage 2); current NeRF (stage 1)"
+        "omnidata"
+        if cfg.loss.normal_estimator == "omnidata"
+        else "stage-1 NeRF normals (stage 2); current NeRF (stage 1)"
     )
     return fitter, report

@@ -19,7 +19,9 @@ def visibility_weights(ray_dirs: torch.Tensor, normals: torch.Tensor) -> torch.T
     return (-(ray_dirs * n).sum(-1)).clamp(0.0, 1.0)
 
 
-def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_mse(
+    pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """mean(W^2 |M - M_hat|^2) over pixels and channels: the paper's ||W (M - M_hat)||^2, as a mean."""
     err = (pred - target) ** 2
     if weights is not None:

@@ -42,7 +42,9 @@ Refiner = Callable[[RefineRequest], np.ndarray]
 def check_refined(request: RefineRequest, refined: np.ndarray) -> np.ndarray:
     refined = np.asarray(refined, np.float32)
     if refined.shape != request.rgb.shape:
-        raise ValueError(f"refiner returned shape {refined.shape}, expected {request.rgb.shape} (views, frames, H, W, 3)")
+        raise ValueError(
+            f"refiner returned shape {refined.shape}, expected {request.rgb.shape} (views, frames, H, W, 3)"
+        )
     if not np.all(np.isfinite(refined)):
         raise ValueError("refiner returned NaN or Inf")
     return np.clip(refined, 0.0, 1.0)

@@ -54,7 +54,9 @@ def fit_one(shard: str, key: str, cfg: PipelineConfig, out_dir: str, force: bool
     try:
         fc = cfg.fit4d
         sample = read_render_sample(shard, key)
-        data = fit_input_from_render_sample(sample, fc.orbit, fc.input_view, fc.render.background, fc.resolution)
+        data = fit_input_from_render_sample(
+            sample, fc.orbit, fc.input_view, fc.render.background, fc.resolution
+        )
         refiner = sampler_refiner(cfg) if fc.refiner == "sampler" and fc.stage2_iters > 0 else None
         fitter, report = fit(data, fc, refiner)
         report["export_timings"] = write_outputs(fitter, report, out)
@@ -63,7 +65,9 @@ def fit_one(shard: str, key: str, cfg: PipelineConfig, out_dir: str, force: bool
     except Exception as exc:  # a bad sample is a manifest row, not a crash of the batch
         log.error("%s: %s", key, exc)
         log.debug(traceback.format_exc())
-        row.update(status="failed", reason=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
+        row.update(
+            status="failed", reason=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start
+        )
     return row
 
 
@@ -77,12 +81,16 @@ def list_inputs(shards: Sequence[str], keys: Sequence[str]) -> list[tuple[str, s
         shard_keys = list_keys(shard)
         for k in keys:
             if k not in shard_keys and len(shards) == 1:
-                raise SystemExit(f"fit4d.run: {shard} has no sample {k!r} (keys: {', '.join(shard_keys[:8])})")
+                raise SystemExit(
+                    f"fit4d.run: {shard} has no sample {k!r} (keys: {', '.join(shard_keys[:8])})"
+                )
         jobs += [(shard, k) for k in shard_keys if not keys or k in keys]
     return jobs
 
 
-def run_batch(jobs: list[tuple[str, str]], cfg: PipelineConfig, out_dir: str, workers: int, force: bool) -> list[dict]:
+def run_batch(
+    jobs: list[tuple[str, str]], cfg: PipelineConfig, out_dir: str, workers: int, force: bool
+) -> list[dict]:
     """workers 0: in this process; else Ray tasks (one GPU each when the cluster has GPUs)."""
     from tqdm import tqdm
 
@@ -141,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     add_profile_args(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
     cfg = profile_from_args(args)
     out_dir = args.out or str(Path(cfg.out_dir) / "fit4d")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -151,8 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run_batch(jobs, cfg, out_dir, args.workers, args.force)
     manifest = write_manifest(out_dir, rows)
     failed = [r for r in rows if r["status"] == "failed"]
-    log.info("fit4d: %d done, %d skipped, %d failed; manifest %s", sum(r["status"] == "done" for r in rows),
-             sum(r["status"] == "skipped" for r in rows), len(failed), manifest)
+    log.info(
+        "fit4d: %d done, %d skipped, %d failed; manifest %s",
+        sum(r["status"] == "done" for r in rows),
+        sum(r["status"] == "skipped" for r in rows),
+        len(failed),
+        manifest,
+    )
     return 1 if failed and len(failed) == len(rows) else 0
 
 

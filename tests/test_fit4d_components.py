@@ -49,13 +49,17 @@ def test_level_resolutions_geometric():
 
 def test_hash_encoding_matches_reference_dense_and_hashed_levels():
     torch.manual_seed(0)
-    grid = HashGrid(num_levels=4, features_per_level=2, log2_hashmap_size=8, base_resolution=3, max_resolution=40)
+    grid = HashGrid(
+        num_levels=4, features_per_level=2, log2_hashmap_size=8, base_resolution=3, max_resolution=40
+    )
     grid.table.data.uniform_(-1, 1)
     dense = grid.dense.tolist()
     assert dense[0] and not dense[-1], "the test needs both dense and hashed levels"
     rng = np.random.default_rng(1)
     # worst cases: the box corners and faces (the last cell), exact vertex positions, and random points
-    x = np.concatenate([rng.random((40, 3)), [[0, 0, 0], [1, 1, 1], [1, 0, 0.5], [0.5, 1, 1]], [[1 / 3, 2 / 3, 0]]])
+    x = np.concatenate(
+        [rng.random((40, 3)), [[0, 0, 0], [1, 1, 1], [1, 0, 0.5], [0.5, 1, 1]], [[1 / 3, 2 / 3, 0]]]
+    )
     got = grid(torch.from_numpy(x).float()).detach().double().numpy()
     want = reference_hash_encoding(grid, x.astype(np.float32).astype(np.float64))
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -77,8 +81,17 @@ def test_hash_grid_table_gradients_are_fp32():
 
 
 def tiny_field_cfg(**kw) -> Fit4DFieldConfig:
-    base = dict(num_levels=4, log2_hashmap_size=10, base_resolution=4, max_resolution=32, hidden_dim=16,
-                deform_hidden_dim=16, deform_layers=2, deform_pos_freqs=2, deform_time_freqs=2)
+    base = dict(
+        num_levels=4,
+        log2_hashmap_size=10,
+        base_resolution=4,
+        max_resolution=32,
+        hidden_dim=16,
+        deform_hidden_dim=16,
+        deform_layers=2,
+        deform_pos_freqs=2,
+        deform_time_freqs=2,
+    )
     base.update(kw)
     return Fit4DFieldConfig(**base)
 
@@ -111,8 +124,13 @@ def sphere_field(radius: float, sigma_in: float, softness: float = 0.0):
 
 
 def test_composite_worked_example():
-    out = composite(torch.tensor([[math.log(2.0)]]), torch.tensor([[[1.0, 0.0, 0.0]]]), torch.tensor([[2.0]]),
-                    torch.tensor([[1.0]]), background=1.0)
+    out = composite(
+        torch.tensor([[math.log(2.0)]]),
+        torch.tensor([[[1.0, 0.0, 0.0]]]),
+        torch.tensor([[2.0]]),
+        torch.tensor([[1.0]]),
+        background=1.0,
+    )
     assert out["opacity"].item() == pytest.approx(0.5)
     assert out["rgb"][0].tolist() == pytest.approx([1.0, 0.5, 0.5])
     assert out["depth"].item() == pytest.approx(2.0)
@@ -155,8 +173,15 @@ def test_visibility_weights_on_a_sphere_match_v_dot_n():
     c2w = torch.from_numpy(orbit_c2w(20.0, 30.0, 2.0)).float()
     K = torch.tensor([[60.0, 0, 16], [0, 60.0, 16], [0, 0, 1]])
     origins, dirs = image_rays(c2w, K, 32, 32)
-    out = render_rays(sphere_field(r, 5e3, softness=1e-3), origins, dirs, torch.zeros(len(dirs)), 0.5, 2048,
-                      with_normals=True)
+    out = render_rays(
+        sphere_field(r, 5e3, softness=1e-3),
+        origins,
+        dirs,
+        torch.zeros(len(dirs)),
+        0.5,
+        2048,
+        with_normals=True,
+    )
     centre_dist = torch.cross(origins, dirs, dim=-1).norm(dim=-1)  # impact parameter b of each ray
     inside = centre_dist < r - 0.03
     assert inside.sum() > 50

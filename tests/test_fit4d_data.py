@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fit4d.data import FitInputError, fit_input_from_render_sample, fit_input_from_views, read_render_sample
 from fit4d.cameras import orbit_c2w
+from fit4d.data import FitInputError, fit_input_from_render_sample, fit_input_from_views, read_render_sample
 from shards.render_schema import RenderSample, encode_render_sample
 from shards.writer import ShardWriter
 
@@ -40,7 +40,9 @@ def test_resize_scales_intrinsics_and_keeps_a_uniform_image():
     data = fit_input_from_views("a", vids, cams(2), K * np.array([[2], [2], [1]], np.float32), resolution=8)
     assert data.rgb.shape == (2, 1, 8, 8, 3)
     np.testing.assert_allclose(data.K, K)
-    np.testing.assert_allclose(data.rgb[0, 0], np.broadcast_to(np.array([10, 20, 30]) / 255, (8, 8, 3)), atol=1e-6)
+    np.testing.assert_allclose(
+        data.rgb[0, 0], np.broadcast_to(np.array([10, 20, 30]) / 255, (8, 8, 3)), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,8 +67,15 @@ def test_bad_inputs_give_clear_errors(mutate, message):
 
 def test_render_sample_from_a_shard(tmp_path):
     imgs = np.stack(views(3, 2)).astype(np.uint8)
-    meta = {"uid": "obj1", "mode": "4d", "resolution": 8, "num_views": 3, "num_frames": 2, "orbits": ["static"],
-            "fov_deg": 40.0}
+    meta = {
+        "uid": "obj1",
+        "mode": "4d",
+        "resolution": 8,
+        "num_views": 3,
+        "num_frames": 2,
+        "orbits": ["static"],
+        "fov_deg": 40.0,
+    }
     angles = np.tile(np.array([[10.0, 0.0, 2.0]], np.float32), (3, 1))
     sample = RenderSample("obj1", {"static": imgs}, {"static": cams()}, {"static": angles}, K, meta)
     path = tmp_path / "shard-000000.tar"

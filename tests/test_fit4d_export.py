@@ -42,7 +42,9 @@ class SphereNeRF(DynamicNeRF):
 
 @pytest.fixture(scope="module")
 def sphere_model():
-    cfg = Fit4DFieldConfig(num_levels=2, log2_hashmap_size=8, base_resolution=2, max_resolution=4, hidden_dim=8)
+    cfg = Fit4DFieldConfig(
+        num_levels=2, log2_hashmap_size=8, base_resolution=2, max_resolution=4, hidden_dim=8
+    )
     model = SphereNeRF(cfg)
     model.deformation = Translate()
     return model
@@ -69,20 +71,25 @@ def test_frame_meshes_follow_the_deformation(sphere_model, tmp_path):
         t = f / (FRAMES - 1)
         mesh = frame_mesh(sphere_model, t, 48, 50.0)
         assert mesh.vertices[:, 0].mean() == pytest.approx(shift * t, abs=0.01)
-        assert np.linalg.norm(mesh.vertices - [shift * t, 0, 0], axis=1).mean() == pytest.approx(RADIUS, abs=0.015)
+        assert np.linalg.norm(mesh.vertices - [shift * t, 0, 0], axis=1).mean() == pytest.approx(
+            RADIUS, abs=0.015
+        )
     write_ply(tmp_path / "f.ply", mesh)
     import trimesh
 
     back = trimesh.load(tmp_path / "f.ply", process=False)
-    assert len(back.vertices) == len(mesh.vertices) and back.visual.vertex_colors.shape[0] == len(mesh.vertices)
+    assert len(back.vertices) == len(mesh.vertices) and back.visual.vertex_colors.shape[0] == len(
+        mesh.vertices
+    )
 
 
 def test_inverse_deformation_residual(sphere_model):
     canon = canonical_mesh(sphere_model, 32, 50.0)
     pos, resid = deform_to_frame(sphere_model, canon.vertices, 1.0)
     assert resid < 1e-5
-    np.testing.assert_allclose(pos - canon.vertices, np.tile([SHIFT * sphere_model.bound, 0, 0], (len(pos), 1)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        pos - canon.vertices, np.tile([SHIFT * sphere_model.bound, 0, 0], (len(pos), 1)), atol=1e-5
+    )
 
 
 def build_glbs(model, tmp_path):

@@ -21,12 +21,25 @@ V, F, H = 4, 3, 16
 
 def tiny_cfg(**over):
     sets = [
-        "fit4d.nerf.num_levels=4", "fit4d.nerf.log2_hashmap_size=10", "fit4d.nerf.base_resolution=4",
-        "fit4d.nerf.max_resolution=32", "fit4d.nerf.hidden_dim=16", "fit4d.nerf.deform_hidden_dim=16",
-        "fit4d.nerf.deform_layers=2", "fit4d.render.num_samples=24", "fit4d.render.occupancy_resolution=8",
-        "fit4d.render.occupancy_warmup=4", "fit4d.render.occupancy_update_every=4", "fit4d.patch_size=8",
-        "fit4d.frames_per_iter=2", "fit4d.progress=false", "fit4d.device=cpu", "fit4d.loss.visibility_start=5",
-        "fit4d.stage1_iters=30", "fit4d.static_iters=10", "fit4d.stage2_iters=4",
+        "fit4d.nerf.num_levels=4",
+        "fit4d.nerf.log2_hashmap_size=10",
+        "fit4d.nerf.base_resolution=4",
+        "fit4d.nerf.max_resolution=32",
+        "fit4d.nerf.hidden_dim=16",
+        "fit4d.nerf.deform_hidden_dim=16",
+        "fit4d.nerf.deform_layers=2",
+        "fit4d.render.num_samples=24",
+        "fit4d.render.occupancy_resolution=8",
+        "fit4d.render.occupancy_warmup=4",
+        "fit4d.render.occupancy_update_every=4",
+        "fit4d.patch_size=8",
+        "fit4d.frames_per_iter=2",
+        "fit4d.progress=false",
+        "fit4d.device=cpu",
+        "fit4d.loss.visibility_start=5",
+        "fit4d.stage1_iters=30",
+        "fit4d.static_iters=10",
+        "fit4d.stage2_iters=4",
     ]
     sets += [f"fit4d.{k}={v}" for k, v in over.items()]
     return load_profile("demo", sets).fit4d
@@ -49,7 +62,9 @@ def moving_sphere_video():
             o, d = image_rays(torch.from_numpy(c2w[v]), K, H, H)
             out = render_rays(field, o, d, torch.zeros(len(o)), 0.6, 256, background=0.0)
             rgba = torch.cat([out["rgb"], out["opacity"][:, None]], -1).clamp(0, 1)
-            rgba[:, :3] = torch.where(out["opacity"][:, None] > 0, rgba[:, :3] / out["opacity"][:, None].clamp(min=1e-6), 0)
+            rgba[:, :3] = torch.where(
+                out["opacity"][:, None] > 0, rgba[:, :3] / out["opacity"][:, None].clamp(min=1e-6), 0
+            )
             frames.append((rgba.reshape(H, H, 4).numpy() * 255).round().astype(np.uint8))
         views.append(np.stack(frames))
     return fit_input_from_views("sphere", views, c2w, K.numpy())
@@ -90,7 +105,9 @@ def test_static_part_fits_frame_zero_with_the_deformation_frozen(sphere_video):
         assert set(frames.tolist()) == {0}
         fitter.step(views, frames, static=True)
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in fitter.model.deformation.parameters())
-    assert torch.equal(fitter.model.deformation.net[-1].weight, torch.zeros_like(fitter.model.deformation.net[-1].weight))
+    assert torch.equal(
+        fitter.model.deformation.net[-1].weight, torch.zeros_like(fitter.model.deformation.net[-1].weight)
+    )
 
 
 def test_progressive_window_starts_at_the_first_frames(sphere_video):
@@ -117,7 +134,9 @@ def test_bad_config_values_are_rejected(sphere_video):
     with pytest.raises(ValueError, match="patch_size 32 exceeds"):
         Fitter(sphere_video, tiny_cfg(patch_size=32))
     with pytest.raises(FileNotFoundError, match="fit4d.loss.lpips_backbone_path"):
-        Fitter(sphere_video, tiny_cfg(**{"loss.lpips": 1.0, "loss.lpips_backbone_path": "/nonexistent/vgg.pth"}))
+        Fitter(
+            sphere_video, tiny_cfg(**{"loss.lpips": 1.0, "loss.lpips_backbone_path": "/nonexistent/vgg.pth"})
+        )
 
 
 @pytest.mark.slow
@@ -128,30 +147,78 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
 
     rgba = np.concatenate([sphere_video.rgb, sphere_video.alpha[..., None]], -1)
     imgs = (rgba * 255).round().astype(np.uint8)
-    meta = {"uid": "sphere", "mode": "4d", "resolution": H, "num_views": V, "num_frames": F, "orbits": ["static"],
-            "fov_deg": 40.0}
+    meta = {
+        "uid": "sphere",
+        "mode": "4d",
+        "resolution": H,
+        "num_views": V,
+        "num_frames": F,
+        "orbits": ["static"],
+        "fov_deg": 40.0,
+    }
     angles = np.zeros((V, 3), np.float32)
     shard = tmp_path / "shard-000000.tar"
     with ShardWriter(shard) as w:
-        w.write(encode_render_sample(RenderSample("sphere", {"static": imgs}, {"static": sphere_video.c2w},
-                                                  {"static": angles}, sphere_video.K, meta)))
-        bad = dict(encode_render_sample(RenderSample("broken", {"static": imgs}, {"static": sphere_video.c2w},
-                                                     {"static": angles}, sphere_video.K, {**meta, "uid": "broken"})))
+        w.write(
+            encode_render_sample(
+                RenderSample(
+                    "sphere",
+                    {"static": imgs},
+                    {"static": sphere_video.c2w},
+                    {"static": angles},
+                    sphere_video.K,
+                    meta,
+                )
+            )
+        )
+        bad = dict(
+            encode_render_sample(
+                RenderSample(
+                    "broken",
+                    {"static": imgs},
+                    {"static": sphere_video.c2w},
+                    {"static": angles},
+                    sphere_video.K,
+                    {**meta, "uid": "broken"},
+                )
+            )
+        )
         bad["static.v01.f01.png"] = b"not a png"
         w.write(bad)
     out = tmp_path / "fit"
-    sets = ["fit4d.nerf.num_levels=4", "fit4d.nerf.log2_hashmap_size=10", "fit4d.nerf.max_resolution=32",
-            "fit4d.nerf.hidden_dim=16", "fit4d.render.num_samples=16", "fit4d.patch_size=8", "fit4d.stage1_iters=6",
-            "fit4d.static_iters=2", "fit4d.stage2_iters=2", "fit4d.export_resolution=24", "fit4d.export_threshold=1.0",
-            "fit4d.video_views=4", "fit4d.progress=false", "fit4d.device=cpu", "fit4d.render.occupancy_warmup=100"]
+    sets = [
+        "fit4d.nerf.num_levels=4",
+        "fit4d.nerf.log2_hashmap_size=10",
+        "fit4d.nerf.max_resolution=32",
+        "fit4d.nerf.hidden_dim=16",
+        "fit4d.render.num_samples=16",
+        "fit4d.patch_size=8",
+        "fit4d.stage1_iters=6",
+        "fit4d.static_iters=2",
+        "fit4d.stage2_iters=2",
+        "fit4d.export_resolution=24",
+        "fit4d.export_threshold=1.0",
+        "fit4d.video_views=4",
+        "fit4d.progress=false",
+        "fit4d.device=cpu",
+        "fit4d.render.occupancy_warmup=100",
+    ]
     args = [str(shard), "--out", str(out)] + [x for s in sets for x in ("--set", s)]
     assert main(args) == 0
     rows = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert rows["sphere"]["status"] == "done"
     assert rows["broken"]["status"] == "failed" and "not a readable PNG" in rows["broken"]["reason"]
     done = out / "sphere"
-    for name in ("nerf.pt", "asset_morph.glb", "asset_frames.glb", "orbit_rgb.mp4", "orbit_normal.mp4",
-                 "report.json", "done.json", "meshes/frame_002.ply"):
+    for name in (
+        "nerf.pt",
+        "asset_morph.glb",
+        "asset_frames.glb",
+        "orbit_rgb.mp4",
+        "orbit_normal.mp4",
+        "report.json",
+        "done.json",
+        "meshes/frame_002.ply",
+    ):
         assert (done / name).is_file(), name
     report = json.loads((done / "report.json").read_text())
     assert set(report["stages"]) == {"stage1", "stage2"} and len(report["stages"]["stage1"]["losses"]) == 6

@@ -71,7 +71,9 @@ class _Builder:
             raise ValueError("cannot export an empty mesh")
         pos = self.add(to_gltf_axes(positions), g.VEC3, g.ARRAY_BUFFER, minmax=True)
         col = self.add(srgb_to_linear(mesh.colors), g.VEC3, g.ARRAY_BUFFER)
-        idx = self.add(mesh.faces.astype(np.uint32).reshape(-1), g.SCALAR, g.ELEMENT_ARRAY_BUFFER, minmax=True)
+        idx = self.add(
+            mesh.faces.astype(np.uint32).reshape(-1), g.SCALAR, g.ELEMENT_ARRAY_BUFFER, minmax=True
+        )
         return g.Primitive(
             attributes=g.Attributes(POSITION=pos, COLOR_0=col), indices=idx, mode=g.TRIANGLES, targets=targets
         )
@@ -138,7 +140,9 @@ def write_morph_glb(
         # weights output: count = keyframes * targets, flattened keyframe-major
         w_acc = b.add(weights.reshape(-1), g.SCALAR, None)
         samplers.append(g.AnimationSampler(input=times, output=w_acc, interpolation="LINEAR"))
-        channels.append(g.AnimationChannel(sampler=0, target=g.AnimationChannelTarget(node=0, path="weights")))
+        channels.append(
+            g.AnimationChannel(sampler=0, target=g.AnimationChannelTarget(node=0, path="weights"))
+        )
         extra_samplers, _ = _translation_channel(b, 0, times, translations)
         if extra_samplers:
             samplers += extra_samplers
@@ -173,7 +177,9 @@ def write_frames_glb(
         for f in range(num_frames):
             scale = np.zeros((num_frames, 3), np.float32)
             scale[f] = 1.0
-            samplers.append(g.AnimationSampler(input=times, output=b.add(scale, g.VEC3, None), interpolation="STEP"))
+            samplers.append(
+                g.AnimationSampler(input=times, output=b.add(scale, g.VEC3, None), interpolation="STEP")
+            )
             channels.append(
                 g.AnimationChannel(sampler=f, target=g.AnimationChannelTarget(node=f + 1, path="scale"))
             )
@@ -181,7 +187,9 @@ def write_frames_glb(
         if extra:
             samplers += extra
             channels.append(
-                g.AnimationChannel(sampler=len(samplers) - 1, target=g.AnimationChannelTarget(node=0, path="translation"))
+                g.AnimationChannel(
+                    sampler=len(samplers) - 1, target=g.AnimationChannelTarget(node=0, path="translation")
+                )
             )
         gltf.animations = [g.Animation(name="clip", samplers=samplers, channels=channels)]
     b.save(path, gltf)

@@ -97,5 +97,7 @@ def write_ply(path, mesh: Mesh) -> None:
     import trimesh
 
     rgba = np.concatenate([mesh.colors, np.ones((len(mesh.colors), 1), np.float32)], 1)
-    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=(rgba * 255).round().astype(np.uint8), process=False)
+    tm = trimesh.Trimesh(
+        mesh.vertices, mesh.faces, vertex_colors=(rgba * 255).round().astype(np.uint8), process=False
+    )
     tm.export(path)

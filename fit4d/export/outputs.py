@@ -37,7 +37,11 @@ def global_translations(meta: dict, num_frames: int) -> np.ndarray | None:
     arr = np.asarray(offsets, np.float32)
     if arr.shape != (num_frames, 3):
         return None
-    scale = float(meta.get("normalization", {}).get("scale", 1.0)) if isinstance(meta.get("normalization"), dict) else 1.0
+    scale = (
+        float(meta.get("normalization", {}).get("scale", 1.0))
+        if isinstance(meta.get("normalization"), dict)
+        else 1.0
+    )
     return arr * scale
 
 
@@ -75,8 +79,12 @@ def write_outputs(fitter: Fitter, report: dict, out: Path) -> dict[str, float]:
     K = fitter.K.clone()
     K[:2] *= side / fitter.width
     rgb_frames, normal_frames = [], []
-    for c2w, t in orbit_frames(None, cfg.video_views, F, float(angles[0]), float(angles[2]), float(angles[1])):
-        r = fitter.render_image(torch.from_numpy(c2w).float().to(fitter.device), t, side, side, K, with_normals=True)
+    for c2w, t in orbit_frames(
+        None, cfg.video_views, F, float(angles[0]), float(angles[2]), float(angles[1])
+    ):
+        r = fitter.render_image(
+            torch.from_numpy(c2w).float().to(fitter.device), t, side, side, K, with_normals=True
+        )
         rgb_frames.append(to_uint8(r["rgb"]))
         normal_frames.append(to_uint8(normal_to_rgb(r["normal"], r["opacity"], cfg.render.background)))
     write_video(out / "orbit_rgb.mp4", rgb_frames, cfg.fps)

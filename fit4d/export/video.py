@@ -9,7 +9,12 @@ import torch
 
 
 def orbit_frames(
-    render_fn, num_views: int, num_frames: int, elevation_deg: float, radius: float, start_azimuth: float = 0.0
+    render_fn,
+    num_views: int,
+    num_frames: int,
+    elevation_deg: float,
+    radius: float,
+    start_azimuth: float = 0.0,
 ) -> list[tuple[np.ndarray, float]]:
     """(c2w (4, 4), t) of each video frame: azimuth advances 360 / num_views per video frame and the clip
     frame advances by one, looping."""

@@ -64,7 +64,9 @@ class HashGrid(nn.Module):
         # the 8 cell corners as (8, 3) offsets in {0, 1}
         corners = torch.tensor([[(c >> d) & 1 for d in range(3)] for c in range(8)], dtype=torch.int64)
         self.register_buffer("corners", corners, persistent=False)
-        self.table = nn.Parameter(torch.empty(offsets[-1], features_per_level).uniform_(-init_scale, init_scale))
+        self.table = nn.Parameter(
+            torch.empty(offsets[-1], features_per_level).uniform_(-init_scale, init_scale)
+        )
 
     @property
     def output_dim(self) -> int:
@@ -74,7 +76,11 @@ class HashGrid(nn.Module):
         """Integer corners (N, L, 8, 3) -> rows of `table` (N, L, 8): dense or hashed per level."""
         stride = self.resolutions + 1  # (L,)
         dense_idx = cell[..., 0] + cell[..., 1] * stride[:, None] + cell[..., 2] * (stride * stride)[:, None]
-        hashed = (cell[..., 0] * self.primes[0]) ^ (cell[..., 1] * self.primes[1]) ^ (cell[..., 2] * self.primes[2])
+        hashed = (
+            (cell[..., 0] * self.primes[0])
+            ^ (cell[..., 1] * self.primes[1])
+            ^ (cell[..., 2] * self.primes[2])
+        )
         hashed = torch.remainder(hashed, self.table_size)
         local = torch.where(self.dense[:, None], dense_idx, hashed)
         return local + self.offsets[:, None]
