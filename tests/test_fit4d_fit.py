@@ -228,3 +228,21 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
     assert main(args) == 0  # resumes: the finished sample is skipped, the manifest keeps its done row
     rows = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert rows["sphere"]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_lpips_loads_a_local_vgg16_state_dict(tmp_path):
+    """The LPIPS backbone comes from a configured torchvision vgg16 file (random weights here: no download)."""
+    import torchvision
+
+    from fit4d.losses import LPIPSLoss
+
+    path = tmp_path / "vgg16.pth"
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), path)
+    loss = LPIPSLoss(str(path))
+    a = torch.rand(2, 32, 32, 3)
+    assert loss(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(a, torch.rand(2, 32, 32, 3)).item() > 0
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a torchvision vgg16"):
+        LPIPSLoss(str(tmp_path / "bad.pth"))
