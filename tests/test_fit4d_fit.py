@@ -232,7 +232,7 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
 
 @pytest.mark.slow
 def test_lpips_loads_a_local_vgg16_state_dict(tmp_path):
-    """The LPIPS backbone comes from a configured torchvision vgg16 file (random weights here: no download)."""
+    """The LPIPS backbone comes from a configured torchvision vgg16 file (random weights: no download)."""
     import torchvision
 
     from fit4d.losses import LPIPSLoss
