@@ -503,7 +503,7 @@ class Fit4DConfig:
     export_resolution: int = 128
     """Marching-cubes grid cells per side for the meshes."""
     export_threshold: float = 10.0
-    """Density iso-level of the meshes."""
+    """Density iso-level of the meshes (the middle of the density range instead when outside it)."""
     video_views: int = 60
     """Frames of the orbit videos (the clip plays along the orbit)."""
     video_resolution: int = 0

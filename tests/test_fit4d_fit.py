@@ -221,6 +221,7 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
     ):
         assert (done / name).is_file(), name
     report = json.loads((done / "report.json").read_text())
+    assert 0 < report["export"]["surface_level"] <= 1.0  # 6 iterations stay thin: the level adapts
     assert set(report["stages"]) == {"stage1", "stage2"} and len(report["stages"]["stage1"]["losses"]) == 6
     import imageio.v3 as iio
 

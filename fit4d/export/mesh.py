@@ -50,6 +50,16 @@ def marching_cubes(density: np.ndarray, threshold: float, bound: float) -> tuple
     return (verts - bound).astype(np.float32), np.ascontiguousarray(faces, dtype=np.int64)
 
 
+def surface_level(model: DynamicNeRF, resolution: int, threshold: float) -> float:
+    """The iso-level of the meshes: `threshold`, or the middle of the canonical grid's density range when
+    `threshold` lies outside it (a short fit that never got that dense), so the export finds a surface."""
+    dev = next(model.parameters()).device
+    pts = grid_points(resolution, model.bound, dev)
+    density = evaluate(lambda x: model.canonical_features(x)[0], pts)
+    lo, hi = float(density.min()), float(density.max())
+    return threshold if lo < threshold < hi else 0.5 * (lo + hi)
+
+
 def frame_mesh(model: DynamicNeRF, t: float, resolution: int, threshold: float) -> Mesh:
     """The surface at time t in world space, coloured by the field at its vertices."""
     dev = next(model.parameters()).device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import numpy as np
 import torch
 
 from fit4d.export.gltf import write_frames_glb, write_morph_glb
-from fit4d.export.mesh import canonical_mesh, deform_to_frame, frame_mesh, write_ply
+from fit4d.export.mesh import canonical_mesh, deform_to_frame, frame_mesh, surface_level, write_ply
 from fit4d.export.video import normal_to_rgb, orbit_frames, to_uint8, write_video
 from fit4d.loop import Fitter, frame_time
 from profiles.loader import to_dict
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(fitter: Fitter, path: Path) -> None:
@@ -56,7 +59,15 @@ def write_outputs(fitter: Fitter, report: dict, out: Path) -> dict[str, float]:
     model = fitter.model
     model.dynamic = fitter.num_frames > 1
     F = fitter.num_frames
-    res, thr = cfg.export_resolution, cfg.export_threshold
+    res = cfg.export_resolution
+    thr = surface_level(model, res, cfg.export_threshold)
+    if thr != cfg.export_threshold:
+        log.warning(
+            "%s: peak density below fit4d.export_threshold %.3g: meshes at %.3g",
+            fitter.data.key,
+            cfg.export_threshold,
+            thr,
+        )
     (out / "meshes").mkdir(exist_ok=True)
     meshes = []
     for f in range(F):
@@ -94,6 +105,7 @@ def write_outputs(fitter: Fitter, report: dict, out: Path) -> dict[str, float]:
     report["export"] = {
         "timings": timings,
         "morph_inverse_residual_max": float(max(residuals)),
+        "surface_level": thr,
         "canonical_vertices": int(len(canon.vertices)),
         "frame_vertices": [int(len(m.vertices)) for m in meshes],
     }
