@@ -627,6 +627,176 @@ class EvaluationConfig:
 
 
 @dataclass
+class Fit4DFieldConfig:
+    """The dynamic NeRF (fit4d/fields.py): canonical hash grid + density/colour MLPs, deformation MLP."""
+
+    bound: float = 0.6
+    """Half side of the axis-aligned box [-bound, bound]^3 that holds the object (normalized assets have
+    largest extent 1 centred at the origin, so 0.5 plus a margin)."""
+    num_levels: int = 16
+    features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    """Entries per level table (2^k); levels with fewer grid vertices are indexed densely."""
+    base_resolution: int = 16
+    max_resolution: int = 2048
+    hidden_dim: int = 64
+    geo_feat_dim: int = 15
+    """Features the density MLP passes to the colour MLP."""
+    deform_hidden_dim: int = 128
+    deform_layers: int = 3
+    deform_pos_freqs: int = 6
+    """Frequency octaves of x fed to the deformation MLP."""
+    deform_time_freqs: int = 6
+    """Frequency octaves of t (frame / (F - 1) in [0, 1]) fed to the deformation MLP."""
+
+    def validate(self) -> None:
+        if self.bound <= 0:
+            raise ValueError("fit4d.nerf.bound must be positive")
+        if min(self.num_levels, self.features_per_level, self.hidden_dim, self.deform_layers) < 1:
+            raise ValueError("fit4d.nerf: num_levels, features_per_level, hidden_dim, deform_layers >= 1")
+        if not 8 <= self.log2_hashmap_size <= 26:
+            raise ValueError("fit4d.nerf.log2_hashmap_size must lie in [8, 26]")
+        if not 2 <= self.base_resolution <= self.max_resolution:
+            raise ValueError("fit4d.nerf: need 2 <= base_resolution <= max_resolution")
+
+
+@dataclass
+class Fit4DRenderConfig:
+    """Ray marching (fit4d/rendering.py) and the occupancy grid that skips empty space."""
+
+    num_samples: int = 128
+    """Stratified samples per ray across the box (the field runs only at occupied ones)."""
+    occupancy_resolution: int = 64
+    """Cells per side of the occupancy grid (max density over the frames of the current window)."""
+    occupancy_update_every: int = 16
+    """Iterations between occupancy-grid updates (all cells, current window's frames)."""
+    occupancy_threshold: float = 0.01
+    """A cell is empty when its maximum density stays below this value."""
+    occupancy_warmup: int = 64
+    """Iterations before the first update (the grid starts all occupied)."""
+    background: float = 1.0
+    """Grey level composited behind the object (targets are composited on the same)."""
+
+    def validate(self) -> None:
+        if self.num_samples < 2 or self.occupancy_resolution < 2 or self.occupancy_update_every < 1:
+            raise ValueError("fit4d.render: num_samples, occupancy_resolution >= 2, update_every >= 1")
+
+
+@dataclass
+class Fit4DLossConfig:
+    """Loss weights (paper supplement 7.3); 0 switches a loss off."""
+
+    mse: float = 1.0
+    """Visibility-weighted MSE (W = clip(v . n, 0, 1))."""
+    visibility_weighting: bool = True
+    """False: plain MSE (W = 1), the ablation."""
+    visibility_start: int = 300
+    """Stage-1 iteration from which W uses the NeRF's own normals (before: W = 1; stage 2 always uses
+    the stage-1 normals)."""
+    lpips: float = 0.0
+    """LPIPS (VGG) weight; > 0 needs `lpips_backbone_path` (random backbones make the loss meaningless)."""
+    lpips_backbone_path: str = ""
+    """torchvision vgg16 state dict (.pth); the LPIPS linear heads ship with torchmetrics."""
+    mask: float = 1.0
+    """Silhouette MSE between the rendered opacity and the target alpha."""
+    normal: float = 0.0
+    """1 - n . n_hat on the foreground against the normal estimator's pseudo ground truth."""
+    normal_estimator: Literal["nerf", "omnidata"] = "nerf"
+    """nerf: the stage-1 NeRF's own rendered normals (stage 2 only); omnidata: DPT from a checkpoint."""
+    omnidata_checkpoint: str = ""
+    smooth_depth: float = 0.0
+    """Total variation of the rendered depth inside each patch (SV3D's smooth depth loss)."""
+    normal_smoothness: float = 0.0
+    """Bilateral normal smoothness: |grad n| weighted by exp(-|grad I| / sigma) of the target image."""
+    bilateral_sigma: float = 0.1
+
+    def validate(self) -> None:
+        weights = (self.mse, self.lpips, self.mask, self.normal, self.smooth_depth, self.normal_smoothness)
+        if min(weights) < 0:
+            raise ValueError("fit4d.loss weights must be >= 0")
+
+
+@dataclass
+class Fit4DConfig:
+    """The 4D optimizer (fit4d/): static-to-dynamic stage 1, denoised-target stage 2 (paper sec. 4)."""
+
+    nerf: Fit4DFieldConfig = field(default_factory=Fit4DFieldConfig)
+    render: Fit4DRenderConfig = field(default_factory=Fit4DRenderConfig)
+    loss: Fit4DLossConfig = field(default_factory=Fit4DLossConfig)
+    orbit: Literal["static", "dynamic"] = "static"
+    """Which orbit of a render sample is the multi-view video to fit."""
+    input_view: int = 0
+    """Index of the input (front) view; orthogonal views are measured from its azimuth."""
+    train_views: list[int] = field(default_factory=list)
+    """Views used for fitting (empty: all); the rest are held out (benchmarks)."""
+    resolution: int = 0
+    """Fit at this image side (targets resized by area averaging; 0: the sample's own resolution)."""
+    lr: float = 0.01
+    """Adam learning rate of every parameter (paper: 0.01)."""
+    lr_final_frac: float = 0.1
+    """Each stage decays the learning rate exponentially to lr * lr_final_frac (1: constant)."""
+    stage1_iters: int = 1500
+    static_iters: int = 300
+    """The first stage-1 iterations fit the canonical NeRF to frame 0 only (deformation frozen)."""
+    stage2_iters: int = 500
+    view_sampling: Literal["orthogonal", "random"] = "orthogonal"
+    """orthogonal: views nearest to input azimuth + jitter + {0, 90, 180, 270} (paper); random: ablation."""
+    view_jitter_deg: float = 45.0
+    """Orthogonal sampling rotates the four azimuths by a uniform offset in [-jitter, jitter]."""
+    views_per_iter: int = 4
+    """Random sampling: views per iteration (orthogonal sampling takes 4)."""
+    frame_sampling: Literal["progressive", "random"] = "progressive"
+    """progressive: frames from a window [0, w) that widens to all frames (paper); random: ablation."""
+    frames_per_iter: int = 4
+    window_start: int = 2
+    """Frames in the window when the dynamic part begins."""
+    window_grow_frac: float = 0.5
+    """Fraction of the dynamic stage-1 iterations over which the window grows to all frames."""
+    patch_size: int = 32
+    """Each sampled (view, frame) image contributes one square patch of patch_size^2 rays."""
+    max_patch_stride: int = 4
+    """A patch's pixel stride is drawn in [1, max_patch_stride] (coarse patches see the whole object)."""
+    refiner: Literal["none", "sampler"] = "none"
+    """Stage-2 targets. sampler: render, noise to `refine_step` of 50, denoise with the novel-view sampler
+    (fit4d/refine.py); none: stage 2 keeps the stage-1 targets (ground-truth inputs)."""
+    refine_step: int = 25
+    refine_num_steps: int = 50
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    """torch.compile the field on CUDA."""
+    seed: int = 0
+    progress: bool = True
+    export_resolution: int = 128
+    """Marching-cubes grid cells per side for the meshes."""
+    export_threshold: float = 10.0
+    """Density iso-level of the meshes (the middle of the density range instead when outside it)."""
+    video_views: int = 60
+    """Frames of the orbit videos (the clip plays along the orbit)."""
+    video_resolution: int = 0
+    """Side of the orbit videos (0: the fitting resolution)."""
+    fps: int = 12
+    """Frames per second of the animation (GLB) and the videos."""
+    export_global_motion: bool = True
+    """Put the renderer's removed global motion (meta `global_offsets`) back as a root translation track."""
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError("fit4d.lr must be positive")
+        if min(self.stage1_iters, self.static_iters, self.stage2_iters) < 0:
+            raise ValueError("fit4d iteration counts must be >= 0")
+        if self.static_iters > self.stage1_iters:
+            raise ValueError("fit4d.static_iters must not exceed fit4d.stage1_iters")
+        if min(self.frames_per_iter, self.views_per_iter, self.window_start, self.max_patch_stride) < 1:
+            raise ValueError("fit4d: frames_per_iter, views_per_iter, window_start, max_patch_stride >= 1")
+        if self.patch_size < 2 or self.fps < 1 or self.video_views < 1 or self.export_resolution < 8:
+            raise ValueError("fit4d: patch_size >= 2, fps >= 1, video_views >= 1, export_resolution >= 8")
+        if not 0.0 < self.window_grow_frac <= 1.0:
+            raise ValueError("fit4d.window_grow_frac must lie in (0, 1]")
+        if not 0 <= self.refine_step <= self.refine_num_steps:
+            raise ValueError("fit4d.refine_step must lie in [0, refine_num_steps]")
+
+
+@dataclass
 class PipelineConfig:
     """One profile of `pipelines.yaml`."""
 
@@ -642,6 +812,7 @@ class PipelineConfig:
     """The EDM trainer and its 3D-to-4D schedule."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Novel-view video synthesis."""
-    fit4d: dict = field(default_factory=dict)
+    fit4d: Fit4DConfig = field(default_factory=Fit4DConfig)
+    """The 4D optimizer (fit4d/): a dynamic NeRF fitted to multi-view videos in two stages."""
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     """`python -m evaluation.run` (schema owned by `evaluation/`)."""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pygltflib
 import pytest
 
 from model.video_input import read_video
@@ -56,6 +57,7 @@ def test_make_demo_runs_every_stage(tmp_path):
         "curation.encode_latents",
         "model.train",
         "model.sample",
+        "fit4d.run",
         "evaluation.run",
     ]
     for cmd in commands:
@@ -87,3 +89,9 @@ def test_make_demo_runs_every_stage(tmp_path):
     assert len(list(sample_dir.glob("view_*.mp4"))) == generated.images.shape[0] - 1  # view 0 is the input
     table = (out / "evaluation" / "table.md").read_text()
     assert "PSNR" in table and "SV4D 2.0" in table
+    # the 4D fit of one demo render sample: an animated GLB that an independent reader opens, and its videos
+    (fit_dir,) = [p.parent for p in (out / "fit4d").glob("*/done.json")]
+    glb = pygltflib.GLTF2().load(str(fit_dir / "asset_morph.glb"))
+    assert glb.animations and glb.meshes[0].primitives[0].targets  # morph targets driven by an animation
+    frames, _ = read_video(fit_dir / "orbit_rgb.mp4")
+    assert len(frames) > 1

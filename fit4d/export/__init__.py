@@ -1,0 +1,1 @@
+"""Exports of a fitted dynamic NeRF: per-frame meshes, animated GLBs, orbit videos."""

@@ -1,0 +1,1 @@
+"""Building blocks of the fields: the multi-resolution hash encoding, frequency encodings and MLPs."""
