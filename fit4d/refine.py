@@ -137,12 +137,20 @@ def refine_with(sampler: Any, request: RefineRequest, seed: int | None = None) -
     return out
 
 
+_LOADED: dict[str, Any] = {}  # one loaded sampler per process: `fit4d.run` asks for it once per sample
+
+
 def sampler_refiner(cfg: PipelineConfig) -> Refiner:
     """The novel-view sampler as a Refiner (`fit4d.refiner: sampler`): network and encoders from the `sample`
-    section (our checkpoint or an official sv4d2.safetensors), loaded once here; seed `sample.seed`."""
+    section (our checkpoint or an official sv4d2.safetensors), loaded once per process and settings; seed
+    `sample.seed`. A missing checkpoint or encoder file raises here, naming the setting."""
     from model.novel_views import NovelViewSampler
 
-    sampler = NovelViewSampler(cfg)
+    key = repr((cfg.out_dir, cfg.sample, cfg.encode, cfg.model))
+    sampler = _LOADED.get(key)
+    if sampler is None:
+        _LOADED.clear()  # other settings: let the previous network go before loading the next
+        sampler = _LOADED[key] = NovelViewSampler(cfg)
 
     def refine(request: RefineRequest) -> np.ndarray:
         return refine_with(sampler, request, seed=cfg.sample.seed)

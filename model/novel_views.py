@@ -14,7 +14,9 @@ for every length it supports, and defined for longer videos); a frame covered by
 first window's version (the one the next window's reference views were taken from).
 
 `sample_views` is the orchestration alone, with the sampler as a callback (tests give it a known
-denoiser); `NovelViewSampler` holds the loaded network and encoders and runs one input end to end.
+denoiser); `NovelViewSampler` holds the loaded network and encoders and runs one input end to end;
+its `generate` is the array entry point (images and cameras in, images out) that `run` and fit4d's
+stage-2 refiner (fit4d/refine.py) share.
 """
 
 from __future__ import annotations
