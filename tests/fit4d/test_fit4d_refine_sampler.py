@@ -8,11 +8,9 @@ import pytest
 import torch
 
 from fit4d.refine import RefineRequest, on_background, on_white, resize_square, sampler_refiner
-from model.checkpoint import save_checkpoint
-from model.config import get_config, save_config
-from model.unet import build_unet
 from profiles.load import load_profile
 from shards.cameras import c2w_opencv
+from tests.synthetic import save_tiny_checkpoint
 
 V, F, H, RES = 3, 3, 24, 32
 
@@ -21,12 +19,7 @@ V, F, H, RES = 3, 3, 24, 32
 def refiner_cfg(tmp_path_factory):
     """A demo profile whose `sample` section points at a tiny 4d checkpoint and tiny encoders."""
     root = tmp_path_factory.mktemp("refine")
-    torch.manual_seed(0)
-    net = build_unet(get_config("tiny"))
-    sd = net.state_dict()
-    save_checkpoint(
-        root / "checkpoints" / "4d", 3, sd, sd, {}, {"stage": "4d"}, lambda d: save_config(net.config, d)
-    )
+    save_tiny_checkpoint(root)
     sets = [
         f"out_dir={root}",
         f"encode.tiny_dir={root / 'tiny_encoders'}",
