@@ -20,8 +20,11 @@ EPILOG = """\
     python -m fit4d.run outputs/demo/renders/shard-000000.tar --key articulated
     python -m fit4d.run --profile sv4d2 shards/*.tar --workers 8     # Ray: one task per sample, one GPU each
     python -m fit4d.run SHARD --set fit4d.stage1_iters=300 --set fit4d.resolution=128
+    python -m fit4d.run outputs/demo/samples/articulated/generated.tar   # the novel-view sampler's output
 
-Each input is a render sample (ground-truth multi-view videos; `fit4d.orbit` picks the orbit). Stage 1 fits
+Each input is a render sample (ground-truth multi-view videos; `fit4d.orbit` picks the orbit) or the
+generated.tar that `python -m model.sample` writes (the input view plus the generated views; its crop boxes
+become the GLBs' translation track, the object's global motion in the input video). Stage 1 fits
 the canonical NeRF to frame 0 for `static_iters`, then the deformation on near-orthogonal views and a
 widening frame window; stage 2 replaces the targets by `fit4d.refiner`'s output and fits `stage2_iters`
 more. Per sample, written to <out>/<key>/ (default out: <out_dir>/fit4d):
@@ -41,7 +44,7 @@ A failing sample (bad input, diverged fit) is a manifest row with its reason, ne
 
 def fit_one(shard: str, key: str, cfg: PipelineConfig, out_dir: str, force: bool = False) -> dict[str, Any]:
     """Fit and export one sample; returns its manifest row (never raises for a bad sample)."""
-    from fit4d.data import fit_input_from_render_sample, read_render_sample
+    from fit4d.data import fit_input_from_sample, read_sample
     from fit4d.export.outputs import write_outputs
     from fit4d.loop import fit
     from fit4d.refine import sampler_refiner
@@ -53,10 +56,8 @@ def fit_one(shard: str, key: str, cfg: PipelineConfig, out_dir: str, force: bool
     start = time.perf_counter()
     try:
         fc = cfg.fit4d
-        sample = read_render_sample(shard, key)
-        data = fit_input_from_render_sample(
-            sample, fc.orbit, fc.input_view, fc.render.background, fc.resolution
-        )
+        sample = read_sample(shard, key)
+        data = fit_input_from_sample(sample, fc.orbit, fc.input_view, fc.render.background, fc.resolution)
         refiner = sampler_refiner(cfg) if fc.refiner == "sampler" and fc.stage2_iters > 0 else None
         fitter, report = fit(data, fc, refiner)
         report["export_timings"] = write_outputs(fitter, report, out)
@@ -140,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("shards", nargs="+", help="render shard(s) (.tar) holding the samples")
+    parser.add_argument(
+        "shards", nargs="+", help="render shard(s) or generated.tar file(s) holding the samples"
+    )
     parser.add_argument("--key", action="append", default=[], help="fit only this sample (repeatable)")
     parser.add_argument("--out", default="", help="output folder (default: <out_dir>/fit4d)")
     parser.add_argument("--limit", type=int, default=0, help="fit only the first N samples (0: all)")
