@@ -160,12 +160,12 @@ def test_bad_config_values_are_rejected(sphere_video):
 
 
 @pytest.mark.slow
-def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
-    from fit4d.run import main
+def write_sphere_shard(video, path):
+    """A render shard with the sphere video ("sphere") and a copy with a corrupt PNG ("broken")."""
     from shards.render_schema import RenderSample, encode_render_sample
     from shards.writer import ShardWriter
 
-    rgba = np.concatenate([sphere_video.rgb, sphere_video.alpha[..., None]], -1)
+    rgba = np.concatenate([video.rgb, video.alpha[..., None]], -1)
     imgs = (rgba * 255).round().astype(np.uint8)
     meta = {
         "uid": "sphere",
@@ -177,16 +177,15 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
         "fov_deg": 40.0,
     }
     angles = np.zeros((V, 3), np.float32)
-    shard = tmp_path / "shard-000000.tar"
-    with ShardWriter(shard) as w:
+    with ShardWriter(path) as w:
         w.write(
             encode_render_sample(
                 RenderSample(
                     "sphere",
                     {"static": imgs},
-                    {"static": sphere_video.c2w},
+                    {"static": video.c2w},
                     {"static": angles},
-                    sphere_video.K,
+                    video.K,
                     meta,
                 )
             )
@@ -196,15 +195,22 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
                 RenderSample(
                     "broken",
                     {"static": imgs},
-                    {"static": sphere_video.c2w},
+                    {"static": video.c2w},
                     {"static": angles},
-                    sphere_video.K,
+                    video.K,
                     {**meta, "uid": "broken"},
                 )
             )
         )
         bad["static.v01.f01.png"] = b"not a png"
         w.write(bad)
+    return path
+
+
+def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
+    from fit4d.run import main
+
+    shard = write_sphere_shard(sphere_video, tmp_path / "shard-000000.tar")
     out = tmp_path / "fit"
     args = [str(shard), "--out", str(out)] + [x for s in COMMAND_SETS for x in ("--set", s)]
     assert main(args) == 0
@@ -272,6 +278,25 @@ def test_command_fits_a_generated_sample_and_puts_its_global_motion_back(sphere_
         assert channel.target.node == 0
         got = read_accessor(g, g.animations[0].samplers[channel.sampler].output)
         assert np.allclose(got, expected, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_command_runs_samples_as_ray_tasks(sphere_video, tmp_path):
+    """--workers: the same manifest through local Ray tasks; a bad sample is a failed row, the job goes on."""
+    import ray
+
+    from fit4d.run import main
+
+    shard = write_sphere_shard(sphere_video, tmp_path / "shard-000000.tar")
+    out = tmp_path / "fit"
+    args = [str(shard), "--out", str(out), "--workers", "2"] + [x for s in COMMAND_SETS for x in ("--set", s)]
+    try:
+        assert main(args) == 0
+    finally:
+        ray.shutdown()
+    rows = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert rows["sphere"]["status"] == "done" and (out / "sphere" / "asset_morph.glb").is_file()
+    assert rows["broken"]["status"] == "failed" and "not a readable PNG" in rows["broken"]["reason"]
 
 
 @pytest.mark.slow
