@@ -60,6 +60,8 @@ class OmnidataNormalEstimator:
     @torch.no_grad()
     def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
         n, h, w, _ = rgb.shape
+        if n == 0:
+            return rgb.new_zeros(rgb.shape)
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
         out = []
