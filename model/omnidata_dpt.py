@@ -6,7 +6,8 @@ The parameter names are the official ones, so `omnidata_dpt_normal_v2.ckpt` load
 (`load_omnidata_dpt`: its Lightning `state_dict` with the `model.` prefix stripped, as the official demo
 does). The network maps an RGB image in [0, 1] at 384x384 (no mean/std normalization: the official normal
 transform is `ToTensor` alone) to a 3-channel image in [0, 1]; `fit4d/normal_estimators.py` decodes it into
-camera-space normals.
+camera-space normals. Built on timm's current modules, it reproduced the official DPTDepthModel (run with
+timm 0.4.12, the checkpoint's) from the same randomized weights within 9e-6 (outputs of mean 0.34).
 """
 
 from __future__ import annotations
