@@ -30,6 +30,7 @@ from fit4d.losses import (
     visibility_weights,
     weighted_mse,
 )
+from fit4d.normal_estimators import NormalEstimator, describe, omnidata_estimator, video_normal_targets
 from fit4d.occupancy import OccupancyGrid
 from fit4d.refine import Refiner, RefineRequest, check_refined
 from fit4d.rendering import render_rays
@@ -69,7 +70,13 @@ class StageLog:
 class Fitter:
     """Owns the NeRF, its occupancy grid, the optimizer and the targets of one fit."""
 
-    def __init__(self, data: FitInput, cfg: Fit4DConfig, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        data: FitInput,
+        cfg: Fit4DConfig,
+        device: torch.device | str | None = None,
+        normal_estimator: NormalEstimator | None = None,
+    ) -> None:
         self.cfg = cfg
         self.data = data
         self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
@@ -100,12 +107,11 @@ class Fitter:
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-15)
         self.lpips = LPIPSLoss(cfg.loss.lpips_backbone_path).to(dev) if cfg.loss.lpips > 0 else None
-        if cfg.loss.normal > 0 and cfg.loss.normal_estimator == "omnidata":
-            raise NotImplementedError(
-                "fit4d.loss.normal_estimator=omnidata is not implemented yet (needs Omnidata's DPT): "
-                "use normal_estimator=nerf (stage-1 NeRF normals as stage-2 targets)"
-            )
-        self.normal_targets: torch.Tensor | None = None  # (V, F, H, W, 3) stage-1 normals, stage 2
+        # stage-2 normal targets: an estimator on the refined images, else the stage-1 NeRF's normals
+        if normal_estimator is None and cfg.loss.normal_estimator == "omnidata":
+            normal_estimator = omnidata_estimator(cfg.loss, dev)
+        self.normal_estimator = normal_estimator
+        self.normal_targets: torch.Tensor | None = None  # (V, F, H, W, 3) world normals, stage 2
         self.stage = "stage1"
         self.iteration = 0
         self.logs: dict[str, StageLog] = {}
@@ -268,20 +274,20 @@ class Fitter:
 
     def refine_targets(self, refiner: Refiner | None) -> float:
         """Stage-2 setup: render every training view and frame; with a refiner, its output replaces the
-        targets of the training views but the input view. The stage-1 normals become the visibility/normal
-        targets. Returns seconds."""
+        targets of the training views but the input view. The visibility/normal targets become the normal
+        estimator's on the new targets, or without one the stage-1 NeRF's normals. Returns seconds."""
         self.sync()
         start = time.perf_counter()
         self.model.dynamic = self.num_frames > 1
         # only the training views are ever sampled, so only they need new targets and normals
         train = self.train_views
-        partial = self.render_all(with_normals=True, views=train)
+        partial = self.render_all(with_normals=self.normal_estimator is None, views=train)
         renders = {}
         for k, val in partial.items():
             full = torch.zeros(self.num_views, *val.shape[1:], device=val.device, dtype=val.dtype)
             full[torch.from_numpy(train).to(val.device)] = val
             renders[k] = full
-        self.normal_targets = renders["normal"]
+        self.normal_targets = renders.get("normal")
         if refiner is not None:
             angles = self.angles
             request = RefineRequest(
@@ -304,6 +310,10 @@ class Fitter:
             keep[torch.from_numpy(train).to(self.device)] = False
             keep[self.data.input_view] = True
             self.rgb = torch.where(keep[:, None, None, None, None], self.rgb, refined)
+        if self.normal_estimator is not None:
+            self.normal_targets = video_normal_targets(
+                self.normal_estimator, self.rgb, self.alpha, self.c2w, train
+            )
         self.sync()
         return time.perf_counter() - start
 
@@ -374,9 +384,11 @@ def fit(
     refiner: Refiner | None = None,
     device: torch.device | str | None = None,
     on_stage: Callable[[str, Fitter], None] | None = None,
+    normal_estimator: NormalEstimator | None = None,
 ) -> tuple[Fitter, dict]:
-    """Both stages; returns the fitter (model, occupancy grid) and a report of losses and timings."""
-    fitter = Fitter(data, cfg, device)
+    """Both stages; returns the fitter (model, occupancy grid) and a report of losses and timings.
+    `normal_estimator` overrides `fit4d.loss.normal_estimator` for the stage-2 normal targets."""
+    fitter = Fitter(data, cfg, device, normal_estimator)
     report: dict = {"key": data.key, "device": str(fitter.device), "stages": {}}
     s1 = fitter.run_stage("stage1", cfg.stage1_iters, cfg.static_iters)
     report["stages"]["stage1"] = {"seconds": s1.seconds, "iterations": s1.iterations, "losses": s1.losses}
@@ -394,9 +406,7 @@ def fit(
         }
         if on_stage is not None:
             on_stage("stage2", fitter)
-    report["normal_source"] = (
-        "omnidata"
-        if cfg.loss.normal_estimator == "omnidata"
-        else "stage-1 NeRF normals (stage 2); current NeRF (stage 1)"
-    )
+    est = fitter.normal_estimator
+    stage2 = "stage-1 NeRF normals" if est is None else f"{describe(est)} on the stage-2 targets"
+    report["normal_source"] = f"{stage2} (stage 2); current NeRF (stage 1)"
     return fitter, report

@@ -702,8 +702,12 @@ class Fit4DLossConfig:
     normal: float = 0.0
     """1 - n . n_hat on the foreground against the normal estimator's pseudo ground truth."""
     normal_estimator: Literal["nerf", "omnidata"] = "nerf"
-    """nerf: the stage-1 NeRF's own rendered normals (stage 2 only); omnidata: DPT from a checkpoint."""
+    """Stage-2 normal targets (normal loss and visibility weights). nerf: the stage-1 NeRF's own rendered
+    normals; omnidata: Omnidata v2's DPT-Hybrid on the stage-2 target images (fit4d/normal_estimators.py)."""
     omnidata_checkpoint: str = ""
+    """omnidata_dpt_normal_v2.ckpt of EPFL-VILAB/omnidata (needed by normal_estimator=omnidata)."""
+    omnidata_batch_size: int = 8
+    """Images per Omnidata forward pass (384x384 each)."""
     smooth_depth: float = 0.0
     """Total variation of the rendered depth inside each patch (SV3D's smooth depth loss)."""
     normal_smoothness: float = 0.0
@@ -714,6 +718,13 @@ class Fit4DLossConfig:
         weights = (self.mse, self.lpips, self.mask, self.normal, self.smooth_depth, self.normal_smoothness)
         if min(weights) < 0:
             raise ValueError("fit4d.loss weights must be >= 0")
+        if self.normal_estimator == "omnidata" and not self.omnidata_checkpoint:
+            raise ValueError(
+                "fit4d.loss.normal_estimator=omnidata needs fit4d.loss.omnidata_checkpoint "
+                "(omnidata_dpt_normal_v2.ckpt)"
+            )
+        if self.omnidata_batch_size < 1:
+            raise ValueError("fit4d.loss.omnidata_batch_size must be >= 1")
 
 
 @dataclass
