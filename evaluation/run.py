@@ -42,6 +42,7 @@ from evaluation.inputs import (
     degraded_copy,
     iter_ground_truth,
     read_prediction,
+    read_prediction_views,
     shard_paths,
 )
 from evaluation.networks import Networks, WeightsError, load_networks, make_tiny_networks
@@ -204,6 +205,9 @@ def evaluate_system_object(
             pred = degraded_copy(gt.rgba, ecfg.stand_in_noise, system.seed + zlib.crc32(gt.uid.encode()))
         else:
             pred = read_prediction(system.folder / gt.uid, gt.views, gt.frames, gt.rgba.shape[2:4])
+            trained = read_prediction_views(system.folder / gt.uid, gt.views)
+            if trained is not None:
+                record["training_views"] = trained
         metrics, per_video, feats = evaluate_object(pred, prep, nets, settings)
     except (PredictionError, ValueError) as exc:
         return {**record, "status": "failed", "reason": str(exc)}, {}
@@ -298,6 +302,7 @@ def run(cfg: PipelineConfig, force: bool = False, progress: bool = True) -> dict
             "failed": failed,
             "metrics": mean_metrics(ok),
             "fvd_set": set_level_fvd(pred_f, gt_f),
+            "training_views": {r["uid"]: r["training_views"] for r in ok if r.get("training_views")},
             "skipped": nets.skipped,
             "random_weights": nets.random_weights,
             "settings": {k: v for k, v in dataclasses.asdict(ecfg).items() if k != "systems"},
@@ -305,6 +310,12 @@ def run(cfg: PipelineConfig, force: bool = False, progress: bool = True) -> dict
         _write_json(eval_dir / s.slug / "total.json", total)
         summary["systems"].append(total)
         label = f"{s.name} (stand-in: ground truth + noise)" if s.stand_in else s.name
+        if total["training_views"]:
+            label += (
+                " (not held out: fitted to the evaluated views "
+                + ", ".join(sorted({str(v) for vs in total["training_views"].values() for v in vs}, key=int))
+                + ")"
+            )
         rows.append((label, table_values(total, ecfg.region, ecfg.table_lpips, ecfg.fvd_protocol)))
         counts[s.name] = (len(ok), len(failed))
     cap = caption(ecfg.region, ecfg.table_lpips, ecfg.fvd_protocol, counts, nets.random_weights, nets.skipped)

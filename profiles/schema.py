@@ -778,6 +778,10 @@ class Fit4DConfig:
     """Frames per second of the animation (GLB) and the videos."""
     export_global_motion: bool = True
     """Put the renderer's removed global motion (meta `global_offsets`) back as a root translation track."""
+    predictions: str = "predictions/fit4d"
+    """After a fit, render the NeRF at the ground-truth cameras of `evaluation.orbit` (its views and frames,
+    the shard's resolution and intrinsics, on white) into `<predictions>/<uid>/vVV.fFF.png`, the layout
+    `python -m evaluation.run` reads (relative paths under out_dir; empty: off)."""
 
     def validate(self) -> None:
         if self.lr <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pygltflib
 import pytest
+from PIL import Image
 
 from model.video_input import read_video
 from shards.generated_schema import read_generated
@@ -89,6 +91,20 @@ def test_make_demo_runs_every_stage(tmp_path):
     assert len(list(sample_dir.glob("view_*.mp4"))) == generated.images.shape[0] - 1  # view 0 is the input
     table = (out / "evaluation" / "table.md").read_text()
     assert "PSNR" in table and "SV4D 2.0" in table
+    # the 4D-fit row is the real fit rendered at the ground-truth cameras, not a stand-in: a finite PSNR over
+    # the fitted object, whose images are the shard's size, and the row says its views were not held out
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    (fit_row,) = [t for t in summary["systems"] if t["predictions"].endswith("predictions/fit4d")]
+    assert fit_row["stand_in"] is False and fit_row["objects"] == 1
+    assert math.isfinite(fit_row["metrics"]["psnr"])
+    ((fit_uid, trained),) = fit_row["training_views"].items()
+    gt = next(s for s in iter_render_samples(render_shard_path(out, 0)) if s.key == fit_uid)
+    assert trained == list(range(gt.meta["num_views"]))  # the demo fits every view of the static orbit
+    pngs = sorted((out / "predictions" / "fit4d" / fit_uid).glob("v*.f*.png"))
+    assert len(pngs) == gt.meta["num_views"] * gt.meta["num_frames"]
+    assert Image.open(pngs[0]).size == (gt.meta["resolution"],) * 2
+    fit_line = next(line for line in table.splitlines() if "4D fit" in line)
+    assert "stand-in" not in fit_line and "not held out" in fit_line
     # the 4D fit of one demo render sample: an animated GLB that an independent reader opens, and its videos
     (fit_dir,) = [p.parent for p in (out / "fit4d").glob("*/done.json")]
     glb = pygltflib.GLTF2().load(str(fit_dir / "asset_morph.glb"))
