@@ -62,6 +62,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_prediction(out / "predictions" / "exact" / uid, gt, views, frames)  # RGBA, identical
         noisy = degraded_copy(gt, 0.1, seed=7)
         write_prediction(out / "predictions" / "noisy" / uid, noisy, views, frames)  # RGB
+    # a fitted system's provenance (fit4d writes it): views 0 and 2 were training views, 7 is not evaluated
+    info = {"training_views": [2, 0, 7]}
+    (out / "predictions" / "noisy" / "obj-a" / "prediction.json").write_text(json.dumps(info))
     write_prediction(
         out / "predictions" / "broken" / "obj-a", samples["obj-a"].images["static"], views, frames
     )
@@ -121,6 +124,11 @@ def test_run_end_to_end(workspace: Path) -> None:
     assert lines[4] == "| broken | - | - | - | - | - | - | - | - | - |"
     assert lines[5].startswith("| later (stand-in: ground truth + noise) |")
     assert "RANDOM" in table and "exact: 2/1" in table
+    # training views are recorded per object and in the total, and the row says they were not held out
+    assert json.loads((ev / "noisy" / "obj-a.json").read_text())["training_views"] == [0, 2]
+    assert "training_views" not in rec and exact["training_views"] == {}
+    assert noisy["training_views"] == {"obj-a": [0, 2]}
+    assert lines[3].startswith("| noisy (not held out: fitted to the evaluated views 0, 2) |")
     assert json.loads((ev / "summary.json").read_text())["random_weights"] is True
 
     # resumable: a second run reads every stored result back instead of recomputing it (failures aside)
