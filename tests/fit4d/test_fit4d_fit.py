@@ -203,6 +203,7 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
         "fit4d.progress=false",
         "fit4d.device=cpu",
         "fit4d.render.occupancy_warmup=100",
+        f"out_dir={tmp_path}",  # the evaluation predictions go under out_dir
     ]
     args = [str(shard), "--out", str(out)] + [x for s in sets for x in ("--set", s)]
     assert main(args) == 0
@@ -227,6 +228,12 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
     import imageio.v3 as iio
 
     assert iio.imread(done / "orbit_rgb.mp4").shape[0] == 4
+    # the fit at the evaluated cameras (the demo's evaluation: every view and frame of the static orbit)
+    pred = tmp_path / "predictions" / "fit4d" / "sphere"
+    assert rows["sphere"]["predictions"] == str(pred)
+    assert len(list(pred.glob("v*.f*.png"))) == V * F and iio.imread(pred / "v03.f02.png").shape == (H, H, 3)
+    assert json.loads((pred / "prediction.json").read_text())["training_views"] == list(range(V))
+    assert not (tmp_path / "predictions" / "fit4d" / "broken").exists()
     assert main(args) == 0  # resumes: the finished sample is skipped, the manifest keeps its done row
     rows = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert rows["sphere"]["status"] == "done"
