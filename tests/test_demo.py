@@ -63,7 +63,8 @@ def test_make_demo_runs_every_stage(tmp_path):
         "evaluation.run",
     ]
     for cmd in commands:
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        # 1800 s: on the shared 2-core machine the CPU fit plus its 6 x 6 renders at 96 px took over 900 s
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, f"{shlex.join(cmd[1:])} failed:\n{proc.stderr[-3000:]}"
     out = tmp_path / "outputs" / "demo"
     for tree in (out, out / "static"):
