@@ -296,6 +296,8 @@ class Fitter:
                 background=self.cfg.render.background,
                 start_step=self.cfg.refine_step,
                 num_steps=self.cfg.refine_num_steps,
+                input_alpha=self.data.alpha[self.data.input_view],
+                views=train,
             )
             refined = torch.from_numpy(check_refined(request, refiner(request))).to(self.device)
             keep = torch.ones(self.num_views, dtype=torch.bool, device=self.device)

@@ -14,7 +14,9 @@ for every length it supports, and defined for longer videos); a frame covered by
 first window's version (the one the next window's reference views were taken from).
 
 `sample_views` is the orchestration alone, with the sampler as a callback (tests give it a known
-denoiser); `NovelViewSampler` holds the loaded network and encoders and runs one input end to end.
+denoiser); `NovelViewSampler` holds the loaded network and encoders and runs one input end to end;
+its `generate` is the array entry point (images and cameras in, images out) that `run` and fit4d's
+stage-2 refiner (fit4d/refine.py) share.
 """
 
 from __future__ import annotations
@@ -283,12 +285,10 @@ class NovelViewSampler:
         s = self.cfg.sample
         return resolve_cameras(s.cameras, s.orbit_views, s.orbit_elevation_deg)
 
-    def _sampler(self, generator: torch.Generator) -> SamplerFn:
+    def _sampler(self, generator: torch.Generator, start_step: int, num_steps: int) -> SamplerFn:
         from model.sampler import sample_latents, sample_options
 
-        s = self.cfg.sample
-        start = s.start_step
-        options = sample_options(s)
+        options = {**sample_options(self.cfg.sample), "num_steps": num_steps}
 
         def run(cond, clip, polar, azimuth, ref, x_init):
             return sample_latents(
@@ -302,10 +302,111 @@ class NovelViewSampler:
                 latent_channels=self.net.config.out_channels,
                 generator=generator,
                 x_init=x_init,
-                start_step=start if x_init is not None else 0,
+                start_step=start_step if x_init is not None else 0,
             )
 
         return run
+
+    def generate_latents(
+        self,
+        rgba: np.ndarray,
+        cams: Any,
+        *,
+        init_images: np.ndarray | None = None,
+        start_step: int = 0,
+        num_steps: int | None = None,
+        seed: int | None = None,
+        input_elevation_deg: float | None = None,
+        desc: str = "sample",
+    ) -> torch.Tensor:
+        """Scaled latents (N, Nv, C, h, w) of the views `cams` (model/novel_cameras.py CameraSet) x N frames.
+
+        rgba: uint8 (N, R, R, 4) input frames at `sample.resolution`, already cropped (composited on white
+        by the encoders). init_images: uint8 (Nv, N, R, R, 3 or 4), start-from-image: encoded, noised to step
+        `start_step` of the `num_steps`-step schedule and denoised from there (4D stage 2). num_steps, seed,
+        input_elevation_deg default to the `sample` section's. A video shorter than one window has its frames
+        repeated to fill it (model/windows.py `fill_frames`) and each frame's first copy returned.
+        """
+        from tqdm import tqdm
+
+        s = self.cfg.sample
+        num_steps = s.num_steps if num_steps is None else int(num_steps)
+        seed = s.seed if seed is None else int(seed)
+        in_el = s.input_elevation_deg if input_elevation_deg is None else float(input_elevation_deg)
+        n, r = len(rgba), s.resolution
+        if rgba.ndim != 4 or rgba.shape[1:] != (r, r, 4) or n < 1:
+            raise ValueError(f"input frames of shape {tuple(rgba.shape)}, expected (N, {r}, {r}, 4) uint8")
+        if not 0 <= start_step < num_steps:
+            raise ValueError(f"start_step {start_step} must lie in [0, num_steps={num_steps})")
+        init = None
+        if start_step > 0:
+            if init_images is None:
+                raise ValueError("start_step > 0 needs init images (the images to start from)")
+            if init_images.shape[:4] != (len(cams), n, r, r) or init_images.shape[4] not in (3, 4):
+                raise ValueError(
+                    f"init images of shape {tuple(init_images.shape)}, expected "
+                    f"({len(cams)} views, {n} frames, {r}, {r}, 3 or 4)"
+                )
+            init = init_images
+        idx = np.arange(n)
+        if n < s.frames_per_pass:  # fewer frames than one window: repeat them (as prepare_input does)
+            idx = np.rint(fill_frames(n, s.frames_per_pass, "repeat")).astype(int)
+            rgba = rgba[idx]
+            init = None if init is None else init[:, idx]
+        cond, clip = self.encode(rgba)
+        cond = cond.to(self.device)
+        clip = clip.to(self.device)
+        init_latents = None if init is None else self._encode_views(init)
+        polar, azimuth = cams.network_angles(in_el)
+        gen = torch.Generator().manual_seed(seed)
+        windows = window_schedule(len(rgba), s.frames_per_pass)
+        groups = view_groups(len(cams), s.views_per_pass, s.group_anchors)
+        bar = tqdm(
+            total=len(windows) * len(groups) * (num_steps - start_step),
+            desc=desc,
+            unit="step",
+            disable=not s.progress,
+        )
+        last = {"t": None}
+
+        def count_steps(_module, args):  # one step per new noise level, however many forwards it takes
+            tv = float(args[1].reshape(-1)[0])
+            if tv != last["t"]:
+                last["t"] = tv
+                bar.update(1)
+
+        hook = self.net.register_forward_pre_hook(count_steps)
+        try:
+            lat = sample_views(
+                self._sampler(gen, start_step, num_steps),
+                cond,
+                clip,
+                polar,
+                azimuth,
+                frames_per_pass=s.frames_per_pass,
+                views_per_pass=s.views_per_pass,
+                anchors=s.group_anchors,
+                scale=self.encoders.scaling_factor,
+                init_latents=init_latents,
+                start_step=start_step,
+                noise_fn=lambda x0: noise_to_step(
+                    x0, start_step, num_steps, s.sigma_min, s.sigma_max, s.rho, generator=gen
+                ),
+                on_pass=lambda w, g: bar.set_postfix(
+                    frames=f"{w.frames[0]}-{w.frames[-1]}", views=str(g.outputs)
+                ),
+            )
+        finally:
+            hook.remove()
+            bar.close()
+        if len(idx) != n:
+            lat = lat[[int(np.flatnonzero(idx == f)[0]) for f in range(n)]]
+        return lat
+
+    def generate(self, rgba: np.ndarray, cams: Any, **kwargs: Any) -> np.ndarray:
+        """Images in, images out: uint8 (Nv, N, R, R, 3) views of `cams` x N frames, on white
+        (`generate_latents` says what rgba and the keyword arguments are), decoded."""
+        return self.decode(self.generate_latents(rgba, cams, **kwargs).permute(1, 0, 2, 3, 4))
 
     def encode(self, rgba: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.encoders.encode(rgba)
@@ -324,8 +425,6 @@ class NovelViewSampler:
         self, spec: str, out_dir: str | Path, frames: np.ndarray | None = None, info: dict | None = None
     ) -> dict:
         """Sample novel views of one input and write everything into `out_dir`; returns the summary."""
-        from tqdm import tqdm
-
         from model.novel_cameras import CameraSet, intrinsics_matrix
         from model.video_output import grid_frames, grid_image, write_mp4, write_png
         from shards.generated_schema import GeneratedSample, encode_generated_sample
@@ -336,55 +435,15 @@ class NovelViewSampler:
         t0 = time.perf_counter()
         prep = prepare_input(s, spec, frames, info)
         cams: CameraSet = self.cameras()
-        polar, azimuth = cams.network_angles(s.input_elevation_deg)
-        cond, clip = self.encode(prep.rgba)
-        cond = cond.to(self.device)
-        clip = clip.to(self.device)
         init = None
         if s.start_step > 0:
-            init = self._init_latents(s.init_images, len(prep.rgba), len(cams))
-        gen = torch.Generator().manual_seed(s.seed)
+            init = self._init_images(s.init_images, len(prep.rgba), len(cams))
+        lat = self.generate_latents(
+            prep.rgba, cams, init_images=init, start_step=s.start_step, desc=f"sample {prep.key}"
+        )
         windows = window_schedule(len(prep.rgba), s.frames_per_pass)
         groups = view_groups(len(cams), s.views_per_pass, s.group_anchors)
         passes = len(windows) * len(groups)
-        bar = tqdm(
-            total=passes * (s.num_steps - s.start_step),
-            desc=f"sample {prep.key}",
-            unit="step",
-            disable=not s.progress,
-        )
-        last = {"t": None}
-
-        def count_steps(_module, args):  # one step per new noise level, however many forwards it takes
-            tv = float(args[1].reshape(-1)[0])
-            if tv != last["t"]:
-                last["t"] = tv
-                bar.update(1)
-
-        hook = self.net.register_forward_pre_hook(count_steps)
-        try:
-            lat = sample_views(
-                self._sampler(gen),
-                cond,
-                clip,
-                polar,
-                azimuth,
-                frames_per_pass=s.frames_per_pass,
-                views_per_pass=s.views_per_pass,
-                anchors=s.group_anchors,
-                scale=self.encoders.scaling_factor,
-                init_latents=init,
-                start_step=s.start_step,
-                noise_fn=lambda x0: noise_to_step(
-                    x0, s.start_step, s.num_steps, s.sigma_min, s.sigma_max, s.rho, generator=gen
-                ),
-                on_pass=lambda w, g: bar.set_postfix(
-                    frames=f"{w.frames[0]}-{w.frames[-1]}", views=str(g.outputs)
-                ),
-            )
-        finally:
-            hook.remove()
-            bar.close()
         t_sample = time.perf_counter() - t0
         images = self.decode(lat.permute(1, 0, 2, 3, 4))  # (Nv, N, R, R, 3)
         inp_rgb = prep.rgba[..., :3]
@@ -464,8 +523,8 @@ class NovelViewSampler:
         )
         return summary
 
-    def _init_latents(self, path: str, num_frames: int, num_views: int) -> torch.Tensor:
-        """Start-from-image: views 1..N of a generated sample, encoded (scaled mean) -> (N, Nv, C, h, w)."""
+    def _init_images(self, path: str, num_frames: int, num_views: int) -> np.ndarray:
+        """Start-from-image: views 1..N of a generated sample, uint8 (Nv, N, R, R, 4)."""
         from shards.generated_schema import read_generated
 
         g = read_generated(path)
@@ -476,6 +535,12 @@ class NovelViewSampler:
                 f"{imgs.shape[2]} px, "
                 f"expected {num_views} x {num_frames} of {self.cfg.sample.resolution}"
             )
-        flat = imgs.reshape(-1, *imgs.shape[2:])
+        return imgs
+
+    def _encode_views(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (Nv, N, R, R, 3|4) -> scaled VAE mean latents (N, Nv, C, h, w)."""
+        if images.shape[-1] == 3:
+            images = np.concatenate([images, np.full_like(images[..., :1], 255)], -1)
+        flat = np.ascontiguousarray(images.reshape(-1, *images.shape[2:]))
         mean = torch.from_numpy(self.encoders.encode(flat).mean) * self.encoders.scaling_factor
-        return mean.reshape(num_views, num_frames, *mean.shape[1:]).transpose(0, 1).contiguous()
+        return mean.reshape(*images.shape[:2], *mean.shape[1:]).transpose(0, 1).contiguous()

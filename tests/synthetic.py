@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from shards.cameras import c2w_opencv
 from shards.render_schema import RenderSample
 
 
 def look_at_c2w(elevation_deg: float, azimuth_deg: float, radius: float) -> np.ndarray:
-    """OpenCV camera-to-world looking at the origin from (elevation, azimuth), world Z up."""
-    el, az = np.deg2rad(elevation_deg), np.deg2rad(azimuth_deg)
-    eye = radius * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-    forward = -eye / np.linalg.norm(eye)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, eye
-    return c2w.astype(np.float32)
+    """float32 OpenCV camera-to-world looking at the origin from (elevation, azimuth), world Z up."""
+    return c2w_opencv(elevation_deg, azimuth_deg, radius).astype(np.float32)
+
+
+def save_tiny_checkpoint(root: Path, stage: str = "4d") -> Path:
+    """A randomly initialized tiny UNet saved under <root>/checkpoints/<stage> at step 3 (EMA = model)."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.config import get_config, save_config
+    from model.unet import build_unet
+
+    torch.manual_seed(0)
+    net = build_unet(get_config("tiny"))
+    sd = net.state_dict()
+    stage_dir = Path(root) / "checkpoints" / stage
+    save_checkpoint(
+        stage_dir, 3, sd, sd, {}, {"stage": stage}, config_writer=lambda d: save_config(net.config, d)
+    )
+    return stage_dir
 
 
 def make_render_sample(

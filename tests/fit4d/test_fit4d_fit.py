@@ -120,9 +120,9 @@ def test_progressive_window_starts_at_the_first_frames(sphere_video):
     assert len(set(views.tolist())) == 4  # orthogonal views of a 4-view orbit: all of them
 
 
-def test_sampler_refiner_says_what_is_missing():
-    with pytest.raises(NotImplementedError, match="start-from-image"):
-        sampler_refiner(load_profile("demo"))
+def test_sampler_refiner_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="set sample.checkpoint"):
+        sampler_refiner(load_profile("demo", [f"out_dir={tmp_path}"]))
 
 
 def test_bad_config_values_are_rejected(sphere_video):

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import save_checkpoint
-from model.config import get_config, save_config
+from model.config import get_config
 from model.unet import build_unet
 from model.video_output import read_video_info, write_mp4
 from profiles.load import load_profile
 from shards.generated_schema import read_generated
+from tests.synthetic import save_tiny_checkpoint
 
 RES = 32
 
@@ -25,18 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def workspace(tmp_path_factory):
     """A tiny 4d checkpoint under <root>/checkpoints/4d and a moving-square video."""
     root = tmp_path_factory.mktemp("nv")
-    torch.manual_seed(0)
-    net = build_unet(get_config("tiny"))
-    sd = net.state_dict()
-    save_checkpoint(
-        root / "checkpoints" / "4d",
-        3,
-        sd,
-        sd,
-        {},
-        {"stage": "4d"},
-        config_writer=lambda d: save_config(net.config, d),
-    )
+    save_tiny_checkpoint(root)
     frames = np.full((5, 48, 64, 3), 255, np.uint8)
     for i in range(5):
         frames[i, 10:26, 4 + 6 * i : 20 + 6 * i] = (180, 40, 40)
