@@ -42,6 +42,7 @@ from evaluation.inputs import (
     degraded_copy,
     iter_ground_truth,
     read_prediction,
+    read_prediction_frames,
     read_prediction_views,
     shard_paths,
 )
@@ -204,6 +205,15 @@ def evaluate_system_object(
         if system.stand_in:
             pred = degraded_copy(gt.rgba, ecfg.stand_in_noise, system.seed + zlib.crc32(gt.uid.encode()))
         else:
+            frames = read_prediction_frames(system.folder / gt.uid, gt.frames)
+            if frames is not None and frames != gt.frames:
+                if not frames:
+                    raise PredictionError(f"{system.folder / gt.uid}: none of the evaluated frames exist")
+                # the frames the system produced: their own ground-truth features, not the shared ones
+                keep = [gt.frames.index(f) for f in frames]
+                record.update(frames=frames, missing_frames=[f for f in gt.frames if f not in frames])
+                gt = dataclasses.replace(gt, rgba=gt.rgba[:, keep], frames=frames)
+                prep = prepare_ground_truth(gt.rgba, nets, settings)
             pred = read_prediction(system.folder / gt.uid, gt.views, gt.frames, gt.rgba.shape[2:4])
             trained = read_prediction_views(system.folder / gt.uid, gt.views)
             if trained is not None:

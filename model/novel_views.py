@@ -503,6 +503,9 @@ class NovelViewSampler:
             "c2w": c2w.tolist(),
         }
         atomic_write_bytes(out_dir / "cameras.json", json.dumps(cam_json, indent=1).encode())
+        from model.eval_predictions import sample_predictions
+
+        evaluated = sample_predictions(self, prep)  # a render sample: its ground-truth cameras too
         summary = {
             "key": prep.key,
             "input": str(spec),
@@ -511,6 +514,9 @@ class NovelViewSampler:
             "passes": passes,
             "seconds_sampling": round(t_sample, 3),
             "seconds_total": round(time.perf_counter() - t0, 3),
+            "eval_predictions": None
+            if evaluated is None
+            else {k: evaluated[k] for k in ("orbit", "views", "frames", "missing_frames")},
             "outputs": sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")) + [DONE_FILE],
         }
         atomic_write_bytes(out_dir / DONE_FILE, json.dumps(summary, indent=1).encode())
