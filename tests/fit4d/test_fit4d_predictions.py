@@ -5,6 +5,7 @@ with the training views recorded."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,15 +14,18 @@ from PIL import Image
 from torch import nn
 
 from evaluation.inputs import PREDICTION_NAME, read_prediction, read_prediction_views
+from fit4d.cameras import image_rays
 from fit4d.data import fit_input_from_views
 from fit4d.export.predictions import (
     export_predictions,
-    on_white,
     prediction_cameras,
+    render_on_white,
     render_predictions,
     training_views,
 )
 from fit4d.loop import Fitter
+from fit4d.occupancy import OccupancyGrid
+from fit4d.rendering import render_rays
 from profiles.load import load_profile
 from shards.cameras import c2w_opencv
 from shards.render_schema import RenderSample
@@ -119,18 +123,65 @@ def test_export_replaces_an_older_folder_whole(fitter, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["prediction.json", "v01.f02.png"]
 
 
-def test_on_white_recomposites_any_background():
-    rgb_on_grey = torch.tensor([[0.2 * 0.5 + 0.5 * 0.4]])[None].expand(1, 1, 3)  # colour 0.2, opacity 0.5
-    opacity = torch.tensor([[0.5]])
-    white = on_white(rgb_on_grey, opacity, 0.4)
-    torch.testing.assert_close(white, torch.full((1, 1, 3), 0.2 * 0.5 + 0.5))
+class FuzzyBlobs(nn.Module):
+    """Two soft, semi-transparent Gaussian blobs moving with t, colours varying in space: no sample's
+    weight is negligible by construction, some rays saturate, some pass with transmittance left."""
+
+    dynamic = True
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c1 = torch.tensor([0.2, 0.0, 0.0]) + 0.2 * t * torch.tensor([0.0, 1.0, 0.0])
+        c2 = torch.tensor([-0.3, 0.1, 0.1])
+        sigma = 60.0 * torch.exp(-((x - c1) ** 2).sum(-1) / 0.02) + 8.0 * torch.exp(
+            -((x - c2) ** 2).sum(-1) / 0.05
+        )
+        return sigma, torch.sigmoid(torch.cat([3 * x[:, :1], 3 * x[:, 1:2] + t, -x[:, 2:3]], -1))
+
+
+def test_render_on_white_equals_render_rays_composited_on_white():
+    torch.manual_seed(0)
+    field = FuzzyBlobs()
+    c2w = torch.from_numpy(c2w_opencv(20.0, 30.0, 2.0)).float()
+    K = torch.tensor([[20.0, 0, 10], [0, 20.0, 10], [0, 0, 1]])
+    o, d = image_rays(c2w, K, 20, 20)
+    times = torch.linspace(0, 1, o.shape[0])
+    grid = OccupancyGrid(8, 1.0, 0.5)
+    grid.update(lambda x, t: field(x, t)[0], [0.0, 1.0])
+    assert 0.0 < grid.grid.float().mean() < 0.5  # empty space to skip, and some to render
+    for occupied in (None, grid):
+        ref = render_rays(field, o, d, times, 1.0, 48, occupied=occupied, background=0.3)
+        ref_white = ref["rgb"] + (1 - ref["opacity"])[:, None] * 0.7  # the same ray on white
+        assert (ref["opacity"] > 0.999).any() and ((ref["opacity"] > 0.05) & (ref["opacity"] < 0.9)).any()
+        # small segments and field calls of 100 points: every batching path, the same values
+        got = render_on_white(field, o, d, times, 1.0, 48, occupied, segment=5, max_points=100)
+        torch.testing.assert_close(got, ref_white, atol=2e-4, rtol=0)
+        # without early termination it is the same sum, term for term
+        exact = render_on_white(field, o, d, times, 1.0, 48, occupied, min_transmittance=0.0)
+        torch.testing.assert_close(exact, ref_white, atol=1e-5, rtol=0)
+
+
+def test_batched_predictions_equal_one_render_per_image(fitter):
+    # the fit renders on black (background 0); the predictions are on white, at the ground truth's size
+    fitter.model = fitter.field_fn = FuzzyBlobs()
+    fitter.occupancy.update(lambda x, t: fitter.model(x, t)[0], [0.0, 0.5, 1.0])
+    cams = prediction_cameras(render_sample(), "static", views=[2, 0], frames=[1, 2])
+    got = render_predictions(fitter, cams)
+    assert got.shape == (2, 2, GT, GT, 3) and got.dtype == np.uint8
+    for i in range(2):
+        for j, f in enumerate(cams.frames):
+            r = fitter.render_image(
+                torch.from_numpy(cams.c2w[i]), f / (F - 1), GT, GT, torch.from_numpy(cams.K)
+            )
+            white = r["rgb"] + (1 - r["opacity"])[..., None]
+            ref = (white.clamp(0, 1) * 255).round().byte().numpy()
+            assert np.abs(got[i, j].astype(int) - ref).max() <= 1
 
 
 def test_frames_must_line_up_and_indices_stay_in_range():
     cams = prediction_cameras(render_sample(num_frames=4), "static")
     assert cams.views == [0, 1, 2] and cams.frames == [0, 1, 2, 3] and cams.c2w.shape == (3, 4, 4)
     with pytest.raises(ValueError, match="the fit has 3 frames, the evaluated orbit 'static' has 4"):
-        render_predictions(lambda *a: None, cams, 3, 1.0)
+        render_predictions(SimpleNamespace(num_frames=3), cams)
     with pytest.raises(ValueError, match=r"evaluation.views \[3\] out of range"):
         prediction_cameras(render_sample(), "static", views=[0, 3])
     with pytest.raises(ValueError, match="no cameras of the evaluated orbit 'dynamic'"):
