@@ -1,5 +1,6 @@
-"""The input of a fit: multi-view videos with cameras, from a render sample of a shard or from arrays
-(a generated sample of the novel-view sampler), validated with one-line errors."""
+"""The input of a fit: multi-view videos with cameras, from a render sample of a shard (ground truth) or
+a generated sample of the novel-view sampler (`model.sample`'s generated.tar), validated with one-line
+errors."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from shards.reader import iter_render_samples, list_keys
-from shards.render_schema import RenderSample
+from shards.generated_schema import GeneratedSample, decode_generated_sample, image_field
+from shards.index import index_tar, raise_problems, read_entry
+from shards.render_schema import RenderSample, SchemaError, decode_render_sample
 
 
 class FitInputError(ValueError):
@@ -140,20 +142,105 @@ def fit_input_from_render_sample(
     )
 
 
-def read_render_sample(path: str | Path, key: str | None = None) -> RenderSample:
-    """The sample `key` (default: the first) of a render shard, through shards/ readers."""
+def crop_translations(
+    crop_boxes: np.ndarray, input_c2w: np.ndarray, K: np.ndarray, resolution: int
+) -> np.ndarray:
+    """World translation (F, 3) of the object in each frame relative to frame 0, from the sampler's crop
+    boxes.
+
+    A crop box of side s source pixels becomes the model's `resolution`-pixel input view, whose camera
+    (`input_c2w`, focal `K[0, 0]` in model pixels) looks at the object at the origin from distance r. A shift
+    of the box centre by d source pixels is then d * resolution / s model pixels, that is
+    d * resolution / s * r / f world units across the input camera's image plane (x right, y down). Depth
+    motion is not recoverable from a square crop of constant side and is left at 0.
+    """
+    boxes = np.asarray(crop_boxes, np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise FitInputError(f"crop boxes must be (frames, 4), got {boxes.shape}")
+    side = boxes[:, 2] - boxes[:, 0]
+    if np.any(side <= 0) or not np.all(np.isfinite(boxes)):
+        raise FitInputError("crop boxes must be finite with x1 > x0")
+    centre = np.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], -1) / 2.0
+    c2w = np.asarray(input_c2w, np.float64)
+    depth = float(np.linalg.norm(c2w[:3, 3]))
+    shift = (centre - centre[0]) * (resolution / side)[:, None] * depth / float(K[0, 0])
+    cam = np.concatenate([shift, np.zeros((len(boxes), 1))], -1)
+    return (cam @ c2w[:3, :3].T).astype(np.float32)
+
+
+def fit_input_from_generated(
+    sample: GeneratedSample, background: float = 1.0, resolution: int = 0
+) -> FitInput:
+    """A generated sample (view 0 the cropped input, the rest generated) as a FitInput; its crop boxes become
+    `meta["global_offsets"]`, the translation track the exports put back (`fit4d.export_global_motion`)."""
+    meta = dict(sample.meta)
+    input_view = int(meta.get("input_view", 0))
+    if not 0 <= input_view < len(sample.c2w):
+        raise FitInputError(f"{sample.key}: input_view {input_view} outside the {len(sample.c2w)} views")
+    meta["global_offsets"] = crop_translations(
+        sample.crop_boxes, sample.c2w[input_view], sample.intrinsics, int(sample.images.shape[2])
+    ).tolist()
+    meta.pop("normalization", None)  # the offsets are already in the fit's world units
+    return fit_input_from_views(
+        sample.key,
+        list(sample.images),
+        sample.c2w,
+        sample.intrinsics,
+        input_view=input_view,
+        background=background,
+        resolution=resolution,
+        meta=meta,
+    )
+
+
+FitSample = RenderSample | GeneratedSample
+
+
+def read_sample(path: str | Path, key: str | None = None) -> FitSample:
+    """The sample `key` (default: the first) of a render shard or of a generated.tar from `model.sample`:
+    a sample with `view.v00.f00.png` is a generated one. A bad file or sample raises FitInputError."""
     path = Path(path)
     if not path.is_file():
         raise FitInputError(f"no shard at {path}")
-    keys = list_keys(path)
+    index = index_tar(path)
+    keys = [e.key for e in index.entries]
     if not keys:
+        try:
+            raise_problems(index)  # a damaged tar says so rather than "no samples"
+        except SchemaError as exc:
+            raise FitInputError(f"{path}: {exc}") from exc
         raise FitInputError(f"{path}: the shard holds no samples")
     want = keys[0] if key is None else key
     if want not in keys:
         raise FitInputError(
             f"{path}: no sample {want!r} (keys: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''})"
         )
-    for sample in iter_render_samples(path):
-        if sample.key == want:
-            return sample
-    raise FitInputError(f"{path}: sample {want!r} could not be decoded")
+    raw = read_entry(index.entries[keys.index(want)])
+    try:
+        if image_field(0, 0) in raw:
+            return decode_generated_sample(raw)
+        return decode_render_sample(raw)
+    except SchemaError as exc:
+        raise FitInputError(f"{path}: sample {want!r}: {exc}") from exc
+
+
+def read_render_sample(path: str | Path, key: str | None = None) -> RenderSample:
+    """The render sample `key` (default: the first) of a shard."""
+    sample = read_sample(path, key)
+    if not isinstance(sample, RenderSample):
+        raise FitInputError(f"{path}: sample {sample.key!r} is a generated sample, not a render sample")
+    return sample
+
+
+def fit_input_from_sample(
+    sample: FitSample,
+    orbit: str = "static",
+    input_view: int = 0,
+    background: float = 1.0,
+    resolution: int = 0,
+) -> FitInput:
+    """Either kind of sample as a FitInput (`orbit` and `input_view` apply to render samples; a generated
+    sample names its own input view)."""
+    if isinstance(sample, GeneratedSample):
+        return fit_input_from_generated(sample, background, resolution)
+    return fit_input_from_render_sample(sample, orbit, input_view, background, resolution)

@@ -20,8 +20,11 @@ EPILOG = """\
     python -m fit4d.run outputs/demo/renders/shard-000000.tar --key articulated
     python -m fit4d.run --profile sv4d2 shards/*.tar --workers 8     # Ray: one task per sample, one GPU each
     python -m fit4d.run SHARD --set fit4d.stage1_iters=300 --set fit4d.resolution=128
+    python -m fit4d.run outputs/demo/samples/articulated/generated.tar   # the novel-view sampler's output
 
-Each input is a render sample (ground-truth multi-view videos; `fit4d.orbit` picks the orbit). Stage 1 fits
+Each input is a render sample (ground-truth multi-view videos; `fit4d.orbit` picks the orbit) or the
+generated.tar that `python -m model.sample` writes (the input view plus the generated views; its crop boxes
+become the GLBs' translation track, the object's global motion in the input video). Stage 1 fits
 the canonical NeRF to frame 0 for `static_iters`, then the deformation on near-orthogonal views and a
 widening frame window; stage 2 replaces the targets by `fit4d.refiner`'s output and fits `stage2_iters`
 more. Per sample, written to <out>/<key>/ (default out: <out_dir>/fit4d):
@@ -46,7 +49,7 @@ A failing sample (bad input, diverged fit) is a manifest row with its reason, ne
 
 def fit_one(shard: str, key: str, cfg: PipelineConfig, out_dir: str, force: bool = False) -> dict[str, Any]:
     """Fit and export one sample; returns its manifest row (never raises for a bad sample)."""
-    from fit4d.data import fit_input_from_render_sample, read_render_sample
+    from fit4d.data import fit_input_from_sample, read_sample
     from fit4d.export.outputs import write_outputs
     from fit4d.loop import fit
     from fit4d.refine import sampler_refiner
@@ -58,10 +61,8 @@ def fit_one(shard: str, key: str, cfg: PipelineConfig, out_dir: str, force: bool
     start = time.perf_counter()
     try:
         fc = cfg.fit4d
-        sample = read_render_sample(shard, key)
-        data = fit_input_from_render_sample(
-            sample, fc.orbit, fc.input_view, fc.render.background, fc.resolution
-        )
+        sample = read_sample(shard, key)
+        data = fit_input_from_sample(sample, fc.orbit, fc.input_view, fc.render.background, fc.resolution)
         refiner = sampler_refiner(cfg) if fc.refiner == "sampler" and fc.stage2_iters > 0 else None
         fitter, report = fit(data, fc, refiner)
         report["export_timings"] = write_outputs(fitter, report, out)
@@ -127,9 +128,17 @@ def list_inputs(shards: Sequence[str], keys: Sequence[str]) -> list[tuple[str, s
 
 
 def run_batch(
-    jobs: list[tuple[str, str]], cfg: PipelineConfig, out_dir: str, workers: int, force: bool
+    jobs: list[tuple[str, str]],
+    cfg: PipelineConfig,
+    out_dir: str,
+    workers: int,
+    force: bool,
+    address: str | None = None,
 ) -> list[dict]:
-    """workers 0: in this process; else Ray tasks (one GPU each when the cluster has GPUs)."""
+    """workers 0: in this process; else Ray tasks, at most `workers` at once (one GPU each when the cluster
+    has GPUs). Paths are made absolute first: a worker's working directory is not ours on a cluster."""
+    import os
+
     from tqdm import tqdm
 
     rows = []
@@ -139,15 +148,33 @@ def run_batch(
         return rows
     import ray
 
+    from profiles.load import absolute_paths
+
+    cfg, out_dir = absolute_paths(cfg), os.path.abspath(out_dir)
+    jobs = [(os.path.abspath(s), k) for s, k in jobs]
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
-        ray.init()
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:  # a new local instance with room for `workers` tasks, even when `ray start` left one running
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(num_gpus=gpus, num_cpus=1)(fit_one)
-    pending = [task.remote(s, k, cfg, out_dir, force) for s, k in jobs]
-    with tqdm(total=len(pending), desc="fit4d samples", disable=not cfg.fit4d.progress) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            rows.append(ray.get(done[0]))
+    task = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(fit_one)
+    todo, pending = list(jobs), {}
+    with tqdm(total=len(todo), desc="fit4d samples", disable=not cfg.fit4d.progress) as bar:
+        while todo or pending:
+            while todo and len(pending) < workers:
+                shard, key = todo.pop(0)
+                pending[task.remote(shard, key, cfg, out_dir, force)] = (shard, key)
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            shard, key = pending.pop(ref)
+            try:
+                rows.append(ray.get(ref))
+            except Exception as exc:  # the worker died (out of memory, a lost node): that sample failed
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                log.error("%s: %s", key, reason)
+                rows.append({"key": key, "shard": shard, "status": "failed", "reason": reason})
             bar.update(1)
     return rows
 
@@ -178,11 +205,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("shards", nargs="+", help="render shard(s) (.tar) holding the samples")
+    parser.add_argument(
+        "shards", nargs="+", help="render shard(s) or generated.tar file(s) holding the samples"
+    )
     parser.add_argument("--key", action="append", default=[], help="fit only this sample (repeatable)")
     parser.add_argument("--out", default="", help="output folder (default: <out_dir>/fit4d)")
     parser.add_argument("--limit", type=int, default=0, help="fit only the first N samples (0: all)")
-    parser.add_argument("--workers", type=int, default=0, help="Ray tasks at once (0: in this process)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="Ray tasks at once, one sample each (0: in this process)"
+    )
+    parser.add_argument(
+        "--address", default=None, help="with --workers: join this Ray cluster (e.g. 'auto'); default local"
+    )
     parser.add_argument("--force", action="store_true", help="refit samples that have done.json")
     parser.add_argument("-v", "--verbose", action="store_true")
     add_profile_args(parser)
@@ -196,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = list_inputs(args.shards, args.key)
     if args.limit > 0:
         jobs = jobs[: args.limit]
-    rows = run_batch(jobs, cfg, out_dir, args.workers, args.force)
+    rows = run_batch(jobs, cfg, out_dir, args.workers, args.force, args.address)
     manifest = write_manifest(out_dir, rows)
     failed = [r for r in rows if r["status"] == "failed"]
     log.info(

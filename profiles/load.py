@@ -93,14 +93,17 @@ _PATH_FIELDS = (
     ("encode", "clip_model_config"),
     ("encode", "official_checkpoint"),
     ("encode", "official_vae_config"),
+    ("fit4d.loss", "lpips_backbone_path"),
+    ("fit4d.loss", "omnidata_checkpoint"),
 )
 
 
 def absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
     """A copy of `cfg` whose folder and file knobs are absolute: `~` expanded, relative values resolved
-    against this process's working directory. Drivers call it before shipping the config to Ray workers,
-    whose working directory on a cluster is wherever `ray start` ran. Empty values stay empty;
-    `encode.vae_path` is resolved only when it names an existing local path (otherwise it is a hub id)."""
+        against this process's working directory. Drivers call it before shipping the config to Ray workers,
+        whose working directory on a cluster is wherever `ray start` ran. Empty values stay empty;
+        `encode.vae_path` and `sample.checkpoint` are resolved only when they name an existing local path
+    (otherwise a hub id, a stage name)."""
     cfg = copy.deepcopy(cfg)
 
     def absolute(value: str) -> str:
@@ -113,4 +116,6 @@ def absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
         setattr(node, name, absolute(getattr(node, name)))
     if cfg.encode.vae_path and Path(os.path.expanduser(cfg.encode.vae_path)).exists():
         cfg.encode.vae_path = absolute(cfg.encode.vae_path)
+    if Path(os.path.expanduser(cfg.sample.checkpoint)).exists():  # else a stage name under out_dir
+        cfg.sample.checkpoint = absolute(cfg.sample.checkpoint)
     return cfg

@@ -215,3 +215,16 @@ def orphan_skeleton_glb() -> bytes:
     ibm = np.eye(4, dtype=np.float32).reshape(1, 16)
     g.gltf["skins"] = [{"joints": [joint], "inverseBindMatrices": g.accessor(ibm, "MAT4")}]
     return g.glb()
+
+
+def read_accessor(gltf: Any, index: int) -> np.ndarray:
+    """The float32/uint32 data of accessor `index` of a pygltflib GLB (SCALAR -> (N,), VECn -> (N, n))."""
+    import pygltflib
+
+    acc = gltf.accessors[index]
+    view = gltf.bufferViews[acc.bufferView]
+    comps = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}[acc.type]
+    dtype = np.float32 if acc.componentType == pygltflib.FLOAT else np.uint32
+    offset = view.byteOffset + (acc.byteOffset or 0)
+    data = np.frombuffer(gltf.binary_blob(), dtype, acc.count * comps, offset)
+    return data.reshape(acc.count, comps) if comps > 1 else data

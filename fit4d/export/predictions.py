@@ -69,6 +69,8 @@ def prediction_cameras(
     sample: RenderSample, orbit: str, views: Sequence[int] = (), frames: Sequence[int] = ()
 ) -> PredictionCameras:
     """The cameras, intrinsics and image size of the evaluated views and frames of `sample`'s `orbit`."""
+    if not isinstance(sample, RenderSample):  # model.sample's generated views: no ground-truth orbit
+        raise ValueError(f"{sample.key}: not a render sample, so no ground-truth cameras to render at")
     if orbit not in sample.c2w:
         raise ValueError(f"{sample.key}: no cameras of the evaluated orbit {orbit!r} (has {sample.orbits})")
     meta = sample.meta

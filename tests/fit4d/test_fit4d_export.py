@@ -11,6 +11,7 @@ from fit4d.export.gltf import to_gltf_axes, write_frames_glb, write_morph_glb
 from fit4d.export.mesh import canonical_mesh, deform_to_frame, frame_mesh, marching_cubes, write_ply
 from fit4d.fields import DynamicNeRF
 from profiles.schema import Fit4DFieldConfig
+from tests.gltf_assets import read_accessor
 
 RADIUS, SHIFT, FRAMES = 0.25, 0.2, 3
 
@@ -107,15 +108,9 @@ def test_glbs_reimport_with_pygltflib_and_animate(sphere_model, tmp_path):
     canon, positions, frames = build_glbs(sphere_model, tmp_path)
     g = pygltflib.GLTF2().load(str(tmp_path / "morph.glb"))
     assert g.asset.version == "2.0"
-    blob = g.binary_blob()
 
     def read(acc_idx):
-        acc = g.accessors[acc_idx]
-        view = g.bufferViews[acc.bufferView]
-        comps = {"SCALAR": 1, "VEC3": 3}[acc.type]
-        dtype = np.float32 if acc.componentType == pygltflib.FLOAT else np.uint32
-        data = np.frombuffer(blob, dtype, acc.count * comps, view.byteOffset + (acc.byteOffset or 0))
-        return data.reshape(acc.count, comps) if comps > 1 else data
+        return read_accessor(g, acc_idx)
 
     prim = g.meshes[0].primitives[0]
     base = read(prim.attributes.POSITION)

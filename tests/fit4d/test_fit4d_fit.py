@@ -71,6 +71,25 @@ def moving_sphere_video():
     return fit_input_from_views("sphere", views, c2w, K.numpy())
 
 
+COMMAND_SETS = [
+    "fit4d.nerf.num_levels=4",
+    "fit4d.nerf.log2_hashmap_size=10",
+    "fit4d.nerf.max_resolution=32",
+    "fit4d.nerf.hidden_dim=16",
+    "fit4d.render.num_samples=16",
+    "fit4d.patch_size=8",
+    "fit4d.stage1_iters=6",
+    "fit4d.static_iters=2",
+    "fit4d.stage2_iters=2",
+    "fit4d.export_resolution=24",
+    "fit4d.export_threshold=1.0",
+    "fit4d.video_views=4",
+    "fit4d.progress=false",
+    "fit4d.device=cpu",
+    "fit4d.render.occupancy_warmup=100",
+]
+
+
 @pytest.fixture(scope="module")
 def sphere_video():
     return moving_sphere_video()
@@ -141,12 +160,12 @@ def test_bad_config_values_are_rejected(sphere_video):
 
 
 @pytest.mark.slow
-def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
-    from fit4d.run import main
+def write_sphere_shard(video, path):
+    """A render shard with the sphere video ("sphere") and a copy with a corrupt PNG ("broken")."""
     from shards.render_schema import RenderSample, encode_render_sample
     from shards.writer import ShardWriter
 
-    rgba = np.concatenate([sphere_video.rgb, sphere_video.alpha[..., None]], -1)
+    rgba = np.concatenate([video.rgb, video.alpha[..., None]], -1)
     imgs = (rgba * 255).round().astype(np.uint8)
     meta = {
         "uid": "sphere",
@@ -158,16 +177,15 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
         "fov_deg": 40.0,
     }
     angles = np.zeros((V, 3), np.float32)
-    shard = tmp_path / "shard-000000.tar"
-    with ShardWriter(shard) as w:
+    with ShardWriter(path) as w:
         w.write(
             encode_render_sample(
                 RenderSample(
                     "sphere",
                     {"static": imgs},
-                    {"static": sphere_video.c2w},
+                    {"static": video.c2w},
                     {"static": angles},
-                    sphere_video.K,
+                    video.K,
                     meta,
                 )
             )
@@ -177,34 +195,25 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
                 RenderSample(
                     "broken",
                     {"static": imgs},
-                    {"static": sphere_video.c2w},
+                    {"static": video.c2w},
                     {"static": angles},
-                    sphere_video.K,
+                    video.K,
                     {**meta, "uid": "broken"},
                 )
             )
         )
         bad["static.v01.f01.png"] = b"not a png"
         w.write(bad)
+    return path
+
+
+def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
+    from fit4d.run import main
+
+    shard = write_sphere_shard(sphere_video, tmp_path / "shard-000000.tar")
     out = tmp_path / "fit"
-    sets = [
-        "fit4d.nerf.num_levels=4",
-        "fit4d.nerf.log2_hashmap_size=10",
-        "fit4d.nerf.max_resolution=32",
-        "fit4d.nerf.hidden_dim=16",
-        "fit4d.render.num_samples=16",
-        "fit4d.patch_size=8",
-        "fit4d.stage1_iters=6",
-        "fit4d.static_iters=2",
-        "fit4d.stage2_iters=2",
-        "fit4d.export_resolution=24",
-        "fit4d.export_threshold=1.0",
-        "fit4d.video_views=4",
-        "fit4d.progress=false",
-        "fit4d.device=cpu",
-        "fit4d.render.occupancy_warmup=100",
-        f"out_dir={tmp_path}",  # the evaluation predictions go under out_dir
-    ]
+    # out_dir: the evaluation predictions go under it
+    sets = [*COMMAND_SETS, f"out_dir={tmp_path}"]
     args = [str(shard), "--out", str(out)] + [x for s in sets for x in ("--set", s)]
     assert main(args) == 0
     rows = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
@@ -237,6 +246,70 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
     assert main(args) == 0  # resumes: the finished sample is skipped, the manifest keeps its done row
     rows = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert rows["sphere"]["status"] == "done"
+
+
+def test_command_fits_a_generated_sample_and_puts_its_global_motion_back(sphere_video, tmp_path):
+    """model.sample's generated.tar as input: the fit runs and both GLBs carry the crop boxes' translation."""
+    import pygltflib
+
+    from fit4d.data import crop_translations
+    from fit4d.export.gltf import to_gltf_axes
+    from fit4d.run import main
+    from shards.generated_schema import GeneratedSample, encode_generated_sample
+    from shards.writer import ShardWriter
+    from tests.gltf_assets import read_accessor
+
+    rgba = np.concatenate([sphere_video.rgb, sphere_video.alpha[..., None]], -1)
+    boxes = np.array([[10 + 6 * f, 20 - 3 * f, 70 + 6 * f, 80 - 3 * f] for f in range(F)], np.float32)
+    sample = GeneratedSample(
+        key="clip",
+        images=(rgba * 255).round().astype(np.uint8),
+        c2w=sphere_video.c2w,
+        angles=np.zeros((V, 3), np.float32),
+        intrinsics=sphere_video.K,
+        crop_boxes=boxes,
+        source_frames=np.arange(F, dtype=np.float32),
+        meta={"uid": "clip", "fov_deg": 43.6, "input_view": 1, "checkpoint": "ck", "seed": 0},
+    )
+    path = tmp_path / "generated.tar"
+    with ShardWriter(path) as w:
+        w.write(encode_generated_sample(sample))
+    out = tmp_path / "fit"
+    sets = [*COMMAND_SETS, f"out_dir={tmp_path}"]
+    assert main([str(path), "--out", str(out)] + [x for s in sets for x in ("--set", s)]) == 0
+    row = json.loads((out / "manifest.jsonl").read_text())
+    assert row["key"] == "clip" and row["status"] == "done", row
+    # generated views carry no ground-truth orbit: the fit stands, the row says why it has no predictions
+    assert "not a render sample" in row["predictions_reason"]
+    assert not (tmp_path / "predictions").exists()
+    expected = to_gltf_axes(crop_translations(boxes, sphere_video.c2w[1], sphere_video.K, H))
+    assert np.abs(expected).max() > 0.05
+    for name in ("asset_morph.glb", "asset_frames.glb"):
+        g = pygltflib.GLTF2().load(str(out / "clip" / name))
+        (channel,) = [c for c in g.animations[0].channels if c.target.path == "translation"]
+        assert channel.target.node == 0
+        got = read_accessor(g, g.animations[0].samplers[channel.sampler].output)
+        assert np.allclose(got, expected, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_command_runs_samples_as_ray_tasks(sphere_video, tmp_path):
+    """--workers: the same manifest through local Ray tasks; a bad sample is a failed row, the job goes on."""
+    import ray
+
+    from fit4d.run import main
+
+    shard = write_sphere_shard(sphere_video, tmp_path / "shard-000000.tar")
+    out = tmp_path / "fit"
+    sets = [*COMMAND_SETS, f"out_dir={tmp_path}"]
+    args = [str(shard), "--out", str(out), "--workers", "2"] + [x for s in sets for x in ("--set", s)]
+    try:
+        assert main(args) == 0
+    finally:
+        ray.shutdown()
+    rows = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert rows["sphere"]["status"] == "done" and (out / "sphere" / "asset_morph.glb").is_file()
+    assert rows["broken"]["status"] == "failed" and "not a readable PNG" in rows["broken"]["reason"]
 
 
 @pytest.mark.slow

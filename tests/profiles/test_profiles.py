@@ -78,9 +78,14 @@ def test_absolute_paths_for_workers_with_another_cwd(tmp_path, monkeypatch):
             "curation.hdri.library_dir=hdri",
             "encode.vae_path=sd21",
             "encode.clip_pretrained=~/clip.bin",
+            "fit4d.loss.lpips_backbone_path=vgg.pth",
+            "sample.checkpoint=sd21",
         ],
     )
     got = absolute_paths(cfg)
+    assert got.fit4d.loss.lpips_backbone_path == str(tmp_path / "vgg.pth")
+    assert got.sample.checkpoint == str(tmp_path / "sd21")
+    assert absolute_paths(load_profile("demo")).sample.checkpoint == "4d"  # a stage name, not a path
     assert got.out_dir == str(tmp_path / "outputs" / "x")
     assert got.assets.local_dir == str(tmp_path / "assets")
     assert got.curation.hdri.library_dir == str(tmp_path / "hdri")
