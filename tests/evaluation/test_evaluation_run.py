@@ -237,3 +237,34 @@ def test_weight_free_metrics_always_run(workspace: Path, capsys: pytest.CaptureF
     assert rc == 0
     assert "| exact | - | - | 100.00 | 1.000 | 0.0000 | - | - | - | - |" in out
     assert "Not computed" in out and "evaluation.i3d_path is empty" in out
+
+
+@pytest.mark.slow
+def test_a_prediction_missing_frames_is_evaluated_on_the_frames_it_has(tmp_path: Path) -> None:
+    # a sampler given fewer frames than evaluated (model/eval_predictions.py) writes the frames it produced
+    # and lists the rest as missing_frames: the object is evaluated on those frames, and says which it lacks
+    sample = render_sample("obj-a", 0)
+    with ShardWriter(tmp_path / "renders" / "shard-000000.tar") as writer:
+        writer.write(encode_render_sample(sample))
+    gt = sample.images["static"]
+    for name, frames, missing in (("short", [0, 2], [1, 3]), ("none", [], [0, 1, 2, 3])):
+        folder = tmp_path / "predictions" / name / "obj-a"
+        write_prediction(folder, gt[:, frames], list(range(V)), frames)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "prediction.json").write_text(json.dumps({"frames": frames, "missing_frames": missing}))
+    systems = (
+        "evaluation.systems=[{name: short, predictions: predictions/short}, "
+        "{name: none, predictions: predictions/none}]"
+    )
+    cfg = load_profile(
+        "demo",
+        [f"out_dir={tmp_path}", systems, "evaluation.lpips_nets=[alex]", "evaluation.table_lpips=alex"],
+    )
+    totals = {t["system"]: t for t in runner.run(cfg, progress=False)["systems"]}
+    rec = json.loads((tmp_path / "evaluation" / "short" / "obj-a.json").read_text())
+    assert rec["status"] == "ok" and rec["frames"] == [0, 2] and rec["missing_frames"] == [1, 3]
+    assert totals["short"]["metrics"]["psnr"] == 100.0 and len(rec["fvd_per_video"]["fvd_v"]) == 2
+    assert (
+        totals["none"]["objects"] == 0
+        and "none of the evaluated frames" in totals["none"]["failed"][0]["reason"]
+    )
