@@ -142,3 +142,8 @@ def test_sample_command_writes_the_evaluation_layout_for_a_render_sample(tmp_pat
     np.testing.assert_allclose([a for _, a in info["cameras"]], (az[[0, 1, 3]] - az[1]) % 360)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["eval_predictions"]["views"] == [0, 1, 3]
+    # cameras the sample lacks: the novel views stand, the summary says why there are no predictions
+    bad = [*args, "--set", "evaluation.views=[7]", "--force"]
+    assert main(bad) == 0
+    reason = json.loads((tmp_path / "out" / "summary.json").read_text())["eval_predictions"]["reason"]
+    assert "evaluation.views [7] out of range" in reason
