@@ -186,13 +186,14 @@ def _load_cached(json_path: Path, key: str) -> tuple[dict[str, Any], dict[str, n
 
 def evaluate_system_object(
     gt: GroundTruth,
-    prep: PreparedGroundTruth,
+    prep: PreparedGroundTruth | None,
     system: System,
     nets: Networks,
     ecfg: EvaluationConfig,
     settings: Settings,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One object of one system: its JSON record and I3D features (pred_* and gt_*)."""
+    """One object of one system: its JSON record and I3D features (pred_* and gt_*). `prep` may be None
+    only where the system has no folder for the object (a failure before any metric)."""
     record: dict[str, Any] = {
         "uid": gt.uid,
         "system": system.name,
@@ -215,6 +216,8 @@ def evaluate_system_object(
                 gt = dataclasses.replace(gt, rgba=gt.rgba[:, keep], frames=frames)
                 prep = prepare_ground_truth(gt.rgba, nets, settings)
             pred = read_prediction(system.folder / gt.uid, gt.views, gt.frames, gt.rgba.shape[2:4])
+            if prep is None:
+                prep = prepare_ground_truth(gt.rgba, nets, settings)
             trained = read_prediction_views(system.folder / gt.uid, gt.views)
             if trained is not None:
                 record["training_views"] = trained
@@ -279,7 +282,9 @@ def run(cfg: PipelineConfig, force: bool = False, progress: bool = True) -> dict
             key = f"{keys[s.slug]}-{input_stamp(obj, s)}"
             cached = None if force else _load_cached(path, key)
             if cached is None:
-                if prep is None:
+                # the ground truth's features only once some system has a prediction for this object
+                # (the demo samples and fits one object of the shard: the others fail without that cost)
+                if prep is None and (s.stand_in or (s.folder / obj.uid).is_dir()):
                     prep = prepare_ground_truth(obj.rgba, nets, settings)
                 record, arrays = evaluate_system_object(obj, prep, s, nets, ecfg, settings)
                 record["settings_key"] = key
