@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(PY) -m curation.encode_latents --profile $(PROFILE) --shard $(SHARD) --set render.mode=static
 	$(PY) -m model.train --profile $(PROFILE) --resume
 	$(PY) -m model.sample outputs/$(PROFILE)/renders/shard-$(SHARD6).tar --profile $(PROFILE)
-	$(PY) -m fit4d.run --profile $(PROFILE) outputs/$(PROFILE)/renders/shard-$(SHARD6).tar --limit 1
+	$(PY) -m fit4d.run --profile $(PROFILE) outputs/$(PROFILE)/renders/shard-$(SHARD6).tar --limit 1 --set fit4d.orbit=dynamic
 	$(PY) -m evaluation.run --profile $(PROFILE) --no-progress
 	@echo "demo done: outputs/$(PROFILE)/{renders,latents,contact_sheets,report,checkpoints,samples,fit4d,evaluation}"
 

@@ -16,6 +16,11 @@ Prediction layout (what `model.sample` and `fit4d` write for evaluation; one fol
   that the system was conditioned on (the input video) are simply left out of `evaluation.views/frames`.
 - 8-bit PNG, RGB or RGBA (straight alpha; composited on white like the ground truth), the ground truth's
   resolution. Every evaluated (view, frame) must exist; extra files are ignored.
+- Optional ``<uid>/prediction.json`` (fit4d and model.sample write one): its ``training_views`` lists the
+  evaluated views whose cameras the system was fitted to or conditioned on. They are not held out; the
+  runner records them per object and in the totals, and the table's row says so. Its ``missing_frames``
+  lists evaluated frames the system did not produce (a sampler given fewer frames): that object is
+  evaluated on the other frames, and its record says which were left out.
 
 A missing or unreadable file, or a size mismatch, raises `PredictionError` naming the file; the runner
 records it as a failed object and goes on.
@@ -41,6 +46,7 @@ from shards.render_schema import SchemaError, decode_render_sample, image_field,
 log = logging.getLogger(__name__)
 
 PREDICTION_NAME = "v{view:02d}.f{frame:02d}.png"
+PREDICTION_INFO = "prediction.json"
 PREDICTION_RE = re.compile(r"^v(\d{2,})\.f(\d{2,})\.png$")
 
 
@@ -170,6 +176,36 @@ def read_prediction(
     for i, a in enumerate(images):
         out[i, ..., : a.shape[2]] = a
     return out.reshape(len(views), len(frames), size[0], size[1], channels)
+
+
+def read_prediction_views(folder: str | Path, views: Sequence[int]) -> list[int] | None:
+    """The evaluated `views` listed as training views by ``folder/prediction.json``; None without a
+    readable one (nothing is known, e.g. sampled views or a stand-in)."""
+    import json
+
+    path = Path(folder) / PREDICTION_INFO
+    try:
+        trained = json.loads(path.read_text()).get("training_views")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(trained, list):
+        return None
+    return [v for v in views if v in trained]
+
+
+def read_prediction_frames(folder: str | Path, frames: Sequence[int]) -> list[int] | None:
+    """The evaluated `frames` that ``folder/prediction.json`` says exist, when it lists ``missing_frames``
+    (a sampler that produced fewer frames than evaluated: model/eval_predictions.py); None otherwise
+    (every evaluated frame must exist)."""
+    import json
+
+    try:
+        missing = json.loads((Path(folder) / PREDICTION_INFO).read_text()).get("missing_frames")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(missing, list) or not missing:
+        return None
+    return [f for f in frames if f not in missing]
 
 
 def write_prediction(

@@ -37,6 +37,11 @@ more. Per sample, written to <out>/<key>/ (default out: <out_dir>/fit4d):
     report.json              losses per iteration and stage, timings, export checks
     done.json                written last: a sample with done.json is skipped on the next run (--force)
 
+With `fit4d.predictions` set (default predictions/fit4d, under out_dir), the fit is also rendered at the
+ground-truth cameras of `evaluation.orbit` (every view and frame of `evaluation.views/frames`, the shard's
+resolution and intrinsics, on white) into <out_dir>/<fit4d.predictions>/<uid>/vVV.fFF.png with a
+prediction.json naming the views the fit trained on: `python -m evaluation.run` reads that folder.
+
 <out>/manifest.jsonl has one row per sample: status (done | failed | skipped), reason, seconds.
 A failing sample (bad input, diverged fit) is a manifest row with its reason, never the end of the job.
 """
@@ -61,6 +66,14 @@ def fit_one(shard: str, key: str, cfg: PipelineConfig, out_dir: str, force: bool
         refiner = sampler_refiner(cfg) if fc.refiner == "sampler" and fc.stage2_iters > 0 else None
         fitter, report = fit(data, fc, refiner)
         report["export_timings"] = write_outputs(fitter, report, out)
+        if fc.predictions:
+            try:
+                row["predictions"] = str(write_evaluation_predictions(fitter, sample, cfg))
+            except (
+                ValueError
+            ) as exc:  # cameras the evaluation asks for that this sample lacks: the fit stands
+                log.warning("%s: no evaluation predictions: %s", key, exc)
+                row["predictions_reason"] = str(exc)
         row.update(status="done", reason="", seconds=time.perf_counter() - start)
         (out / "done.json").write_text(json.dumps(row))
     except Exception as exc:  # a bad sample is a manifest row, not a crash of the batch
@@ -70,6 +83,31 @@ def fit_one(shard: str, key: str, cfg: PipelineConfig, out_dir: str, force: bool
             status="failed", reason=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start
         )
     return row
+
+
+def predictions_dir(cfg: PipelineConfig) -> Path:
+    """`fit4d.predictions` (relative: under out_dir, as evaluation.systems resolves its folders)."""
+    p = Path(cfg.fit4d.predictions).expanduser()
+    return p if p.is_absolute() else Path(cfg.out_dir).expanduser() / p
+
+
+def write_evaluation_predictions(fitter: Any, sample: Any, cfg: PipelineConfig) -> Path:
+    """The fit rendered at the evaluation's ground-truth cameras into <predictions>/<uid>/."""
+    from fit4d.export.predictions import export_predictions
+
+    ec = cfg.evaluation
+    folder = predictions_dir(cfg) / sample.key
+    start = time.perf_counter()
+    info = export_predictions(fitter, sample, folder, ec.orbit, ec.views, ec.frames)
+    log.info(
+        "%s: predictions at the %s orbit's cameras in %s (%.1f s; training views among them: %s)",
+        sample.key,
+        ec.orbit,
+        folder,
+        time.perf_counter() - start,
+        info["training_views"] or "none",
+    )
+    return folder
 
 
 def list_inputs(shards: Sequence[str], keys: Sequence[str]) -> list[tuple[str, str]]:

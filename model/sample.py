@@ -15,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m model.sample",
         description="Novel-view video synthesis: videos of an object from new viewpoints, from a monocular "
         "video of it. Writes input.mp4, view_NN.mp4 (one per novel view), grid.mp4, grid.png, cameras.json "
-        "and generated.tar (the sample fit4d and the evaluation read) into the output folder. Every knob is "
+        "and generated.tar (the sample fit4d and the evaluation read) into the output folder; for a "
+        "render-shard input also <out_dir>/predictions/sample/<key>/, views sampled at the ground-truth "
+        "cameras that `python -m evaluation.run` compares (sample.predictions; empty: off). Every knob is "
         "in the `sample` section of pipelines.yaml (--set sample.cameras=orbit --set sample.orbit_views=8).",
     )
     p.add_argument(

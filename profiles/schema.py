@@ -515,6 +515,11 @@ class SampleConfig:
     gpus_per_task: float = 1.0
     """Batch mode: GPUs per Ray task (0 on a CPU-only machine)."""
     cpus_per_task: float = 1.0
+    predictions: str = "predictions/sample"
+    """A render-sample input: also sample at the ground-truth cameras of `evaluation.orbit` (its views and
+    frames, relative to the input camera), undo the crop to the shard's framing and resolution, on white,
+    into `<predictions>/<uid>/vVV.fFF.png`, the layout `python -m evaluation.run` reads (relative paths
+    under out_dir; empty: off). model/eval_predictions.py."""
 
     def validate(self) -> None:
         if self.resolution < 8 or self.resolution % 8:
@@ -789,6 +794,10 @@ class Fit4DConfig:
     """Frames per second of the animation (GLB) and the videos."""
     export_global_motion: bool = True
     """Put the renderer's removed global motion (meta `global_offsets`) back as a root translation track."""
+    predictions: str = "predictions/fit4d"
+    """After a fit, render the NeRF at the ground-truth cameras of `evaluation.orbit` (its views and frames,
+    the shard's resolution and intrinsics, on white) into `<predictions>/<uid>/vVV.fFF.png`, the layout
+    `python -m evaluation.run` reads (relative paths under out_dir; empty: off)."""
 
     def validate(self) -> None:
         if self.lr <= 0:

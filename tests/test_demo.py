@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pygltflib
 import pytest
+from PIL import Image
 
 from model.video_input import read_video
 from shards.generated_schema import read_generated
@@ -89,6 +91,24 @@ def test_make_demo_runs_every_stage(tmp_path):
     assert len(list(sample_dir.glob("view_*.mp4"))) == generated.images.shape[0] - 1  # view 0 is the input
     table = (out / "evaluation" / "table.md").read_text()
     assert "PSNR" in table and "SV4D 2.0" in table
+    # both rows are real, not stand-ins: the sampled views and the 4D fit of one object at the ground-truth
+    # cameras (the shard's size), every evaluated view held out (both saw only the dynamic orbit), finite PSNR
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    for system, label in (("sample", "sampled views"), ("fit4d", "4D fit")):
+        (row,) = [t for t in summary["systems"] if t["predictions"].endswith(f"predictions/{system}")]
+        assert row["stand_in"] is False and row["objects"] == 1, row
+        assert math.isfinite(row["metrics"]["psnr"]) and row["training_views"] == {}
+        (folder,) = (out / "predictions" / system).iterdir()
+        gt = next(s for s in iter_render_samples(render_shard_path(out, 0)) if s.key == folder.name)
+        pngs = sorted(folder.glob("v*.f*.png"))
+        assert len(pngs) == gt.meta["num_views"] * gt.meta["num_frames"]
+        assert Image.open(pngs[0]).size == (gt.meta["resolution"],) * 2
+        line = next(line for line in table.splitlines() if label in line)
+        assert "stand-in" not in line and "not held out" not in line
+    info = json.loads((folder.parent.parent / "sample" / folder.name / "prediction.json").read_text())
+    assert info["input"]["orbit"] == "dynamic" and info["missing_frames"] == []
+    rel = (gt.angles["static"][:, 1] - gt.angles["dynamic"][0, 1]) % 360  # azimuths relative to the input's
+    assert [a for _, a in info["cameras"]] == pytest.approx(rel.tolist(), abs=1e-3)
     # the 4D fit of one demo render sample: an animated GLB that an independent reader opens, and its videos
     (fit_dir,) = [p.parent for p in (out / "fit4d").glob("*/done.json")]
     glb = pygltflib.GLTF2().load(str(fit_dir / "asset_morph.glb"))

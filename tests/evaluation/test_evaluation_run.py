@@ -62,6 +62,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_prediction(out / "predictions" / "exact" / uid, gt, views, frames)  # RGBA, identical
         noisy = degraded_copy(gt, 0.1, seed=7)
         write_prediction(out / "predictions" / "noisy" / uid, noisy, views, frames)  # RGB
+    # a fitted system's provenance (fit4d writes it): views 0 and 2 were training views, 7 is not evaluated
+    info = {"training_views": [2, 0, 7]}
+    (out / "predictions" / "noisy" / "obj-a" / "prediction.json").write_text(json.dumps(info))
     write_prediction(
         out / "predictions" / "broken" / "obj-a", samples["obj-a"].images["static"], views, frames
     )
@@ -121,6 +124,11 @@ def test_run_end_to_end(workspace: Path) -> None:
     assert lines[4] == "| broken | - | - | - | - | - | - | - | - | - |"
     assert lines[5].startswith("| later (stand-in: ground truth + noise) |")
     assert "RANDOM" in table and "exact: 2/1" in table
+    # training views are recorded per object and in the total, and the row says they were not held out
+    assert json.loads((ev / "noisy" / "obj-a.json").read_text())["training_views"] == [0, 2]
+    assert "training_views" not in rec and exact["training_views"] == {}
+    assert noisy["training_views"] == {"obj-a": [0, 2]}
+    assert lines[3].startswith("| noisy (not held out: fitted to the evaluated views 0, 2) |")
     assert json.loads((ev / "summary.json").read_text())["random_weights"] is True
 
     # resumable: a second run reads every stored result back instead of recomputing it (failures aside)
@@ -229,3 +237,34 @@ def test_weight_free_metrics_always_run(workspace: Path, capsys: pytest.CaptureF
     assert rc == 0
     assert "| exact | - | - | 100.00 | 1.000 | 0.0000 | - | - | - | - |" in out
     assert "Not computed" in out and "evaluation.i3d_path is empty" in out
+
+
+@pytest.mark.slow
+def test_a_prediction_missing_frames_is_evaluated_on_the_frames_it_has(tmp_path: Path) -> None:
+    # a sampler given fewer frames than evaluated (model/eval_predictions.py) writes the frames it produced
+    # and lists the rest as missing_frames: the object is evaluated on those frames, and says which it lacks
+    sample = render_sample("obj-a", 0)
+    with ShardWriter(tmp_path / "renders" / "shard-000000.tar") as writer:
+        writer.write(encode_render_sample(sample))
+    gt = sample.images["static"]
+    for name, frames, missing in (("short", [0, 2], [1, 3]), ("none", [], [0, 1, 2, 3])):
+        folder = tmp_path / "predictions" / name / "obj-a"
+        write_prediction(folder, gt[:, frames], list(range(V)), frames)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "prediction.json").write_text(json.dumps({"frames": frames, "missing_frames": missing}))
+    systems = (
+        "evaluation.systems=[{name: short, predictions: predictions/short}, "
+        "{name: none, predictions: predictions/none}]"
+    )
+    cfg = load_profile(
+        "demo",
+        [f"out_dir={tmp_path}", systems, "evaluation.lpips_nets=[alex]", "evaluation.table_lpips=alex"],
+    )
+    totals = {t["system"]: t for t in runner.run(cfg, progress=False)["systems"]}
+    rec = json.loads((tmp_path / "evaluation" / "short" / "obj-a.json").read_text())
+    assert rec["status"] == "ok" and rec["frames"] == [0, 2] and rec["missing_frames"] == [1, 3]
+    assert totals["short"]["metrics"]["psnr"] == 100.0 and len(rec["fvd_per_video"]["fvd_v"]) == 2
+    assert (
+        totals["none"]["objects"] == 0
+        and "none of the evaluated frames" in totals["none"]["failed"][0]["reason"]
+    )

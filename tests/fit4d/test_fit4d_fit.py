@@ -212,7 +212,9 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
 
     shard = write_sphere_shard(sphere_video, tmp_path / "shard-000000.tar")
     out = tmp_path / "fit"
-    args = [str(shard), "--out", str(out)] + [x for s in COMMAND_SETS for x in ("--set", s)]
+    # out_dir: the evaluation predictions go under it
+    sets = [*COMMAND_SETS, f"out_dir={tmp_path}"]
+    args = [str(shard), "--out", str(out)] + [x for s in sets for x in ("--set", s)]
     assert main(args) == 0
     rows = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert rows["sphere"]["status"] == "done"
@@ -235,6 +237,12 @@ def test_command_writes_outputs_manifest_and_resumes(sphere_video, tmp_path):
     import imageio.v3 as iio
 
     assert iio.imread(done / "orbit_rgb.mp4").shape[0] == 4
+    # the fit at the evaluated cameras (the demo's evaluation: every view and frame of the static orbit)
+    pred = tmp_path / "predictions" / "fit4d" / "sphere"
+    assert rows["sphere"]["predictions"] == str(pred)
+    assert len(list(pred.glob("v*.f*.png"))) == V * F and iio.imread(pred / "v03.f02.png").shape == (H, H, 3)
+    assert json.loads((pred / "prediction.json").read_text())["training_views"] == list(range(V))
+    assert not (tmp_path / "predictions" / "fit4d" / "broken").exists()
     assert main(args) == 0  # resumes: the finished sample is skipped, the manifest keeps its done row
     rows = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert rows["sphere"]["status"] == "done"
@@ -267,9 +275,13 @@ def test_command_fits_a_generated_sample_and_puts_its_global_motion_back(sphere_
     with ShardWriter(path) as w:
         w.write(encode_generated_sample(sample))
     out = tmp_path / "fit"
-    assert main([str(path), "--out", str(out)] + [x for s in COMMAND_SETS for x in ("--set", s)]) == 0
+    sets = [*COMMAND_SETS, f"out_dir={tmp_path}"]
+    assert main([str(path), "--out", str(out)] + [x for s in sets for x in ("--set", s)]) == 0
     row = json.loads((out / "manifest.jsonl").read_text())
     assert row["key"] == "clip" and row["status"] == "done", row
+    # generated views carry no ground-truth orbit: the fit stands, the row says why it has no predictions
+    assert "not a render sample" in row["predictions_reason"]
+    assert not (tmp_path / "predictions").exists()
     expected = to_gltf_axes(crop_translations(boxes, sphere_video.c2w[1], sphere_video.K, H))
     assert np.abs(expected).max() > 0.05
     for name in ("asset_morph.glb", "asset_frames.glb"):
@@ -289,7 +301,8 @@ def test_command_runs_samples_as_ray_tasks(sphere_video, tmp_path):
 
     shard = write_sphere_shard(sphere_video, tmp_path / "shard-000000.tar")
     out = tmp_path / "fit"
-    args = [str(shard), "--out", str(out), "--workers", "2"] + [x for s in COMMAND_SETS for x in ("--set", s)]
+    sets = [*COMMAND_SETS, f"out_dir={tmp_path}"]
+    args = [str(shard), "--out", str(out), "--workers", "2"] + [x for s in sets for x in ("--set", s)]
     try:
         assert main(args) == 0
     finally:
