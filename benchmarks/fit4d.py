@@ -10,7 +10,7 @@ Per render sample (24-view static orbit rendered by curation.render, e.g. 256x25
   speed:  the fit4d profile's stage1_iters + stage2_iters at --speed-resolution (targets upsampled). With
           --random-weights full, stage 2 denoises its renders with the real sampler (fit4d/refine.py
           `sampler_refiner`) on the full-size network and encoders with random weights, built and saved first
-          under --weights-dir (benchmarks/random_weights.py; ~6 GB); `tiny` is the same path for a CPU dry run.
+          under --weights-dir (benchmarks/random_weights.py; ~6 GB); `tiny`: the same path, a CPU dry run.
           Reported per part: stage 1, stage-2 renders, stage-2 denoising (sampler passes, images), stage 2,
           total, peak memory; loading the sampler (once per process) apart.
 Prints a table; --json writes every number; --png-dir writes held-out predictions over ground truth.
@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.random_weights import save_random_sampler_weights  # noqa: E402
 from fit4d.data import fit_input_from_render_sample  # noqa: E402
 from fit4d.loop import fit  # noqa: E402
-from benchmarks.random_weights import save_random_sampler_weights  # noqa: E402
 from profiles.load import load_profile  # noqa: E402
 from shards.reader import iter_render_samples  # noqa: E402
 
