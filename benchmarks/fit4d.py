@@ -7,9 +7,14 @@ Per render sample (24-view static orbit rendered by curation.render, e.g. 256x25
           held-out views at every frame (composited on white).
   paper:  the input view plus the orthogonal views (azimuth +90/180/270: indices 0, 6, 12, 18 of 24); the
           same 8 held-out views.
-  speed:  the fit4d profile's stage1_iters + stage2_iters at --speed-resolution (targets upsampled), without
-          the stage-2 denoising (the sampler's start-from-image mode does not exist yet).
-Prints a table; --json writes every number. --budget-s skips what would not fit in the wall-clock budget.
+  speed:  the fit4d profile's stage1_iters + stage2_iters at --speed-resolution (targets upsampled). With
+          --random-weights full, stage 2 denoises its renders with the real sampler (fit4d/refine.py
+          `sampler_refiner`) on the full-size network and encoders with random weights, built and saved first
+          under --weights-dir (benchmarks/random_weights.py; ~6 GB); `tiny`: the same path, a CPU dry run.
+          Reported per part: stage 1, stage-2 renders, stage-2 denoising (sampler passes, images), stage 2,
+          total, peak memory; loading the sampler (once per process) apart.
+Prints a table; --json writes every number; --png-dir writes held-out predictions over ground truth.
+--budget-s skips what would not fit in the wall-clock budget.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.random_weights import save_random_sampler_weights  # noqa: E402
 from fit4d.data import fit_input_from_render_sample  # noqa: E402
 from fit4d.loop import fit  # noqa: E402
 from profiles.load import load_profile  # noqa: E402
@@ -63,6 +69,26 @@ def evaluate(fitter, views: list[int]) -> dict:
     return {"psnr": psnr(pred, gt), "ssim": ssim(pred, gt), "mask_iou": float(mask_iou)}
 
 
+def write_comparison(fitter, views: list[int], path: Path) -> None:
+    """PNG: for each of `views` (columns), frame 0 and the last frame: prediction row over ground-truth row,
+    then 4x the absolute error (the benchmark's held-out images, to look at)."""
+    from PIL import Image
+
+    fitter.model.eval()
+    r = fitter.render_all(views=np.array(views))
+    last = fitter.num_frames - 1
+    rows = []
+    for f in sorted({0, last}):
+        pred = r["rgb"][:, f].clamp(0, 1)
+        gt = fitter.rgb_gt[views][:, f]
+        err = ((pred - gt).abs() * 4).clamp(0, 1)
+        for img in (pred, gt, err):
+            rows.append(torch.cat(list(img), dim=1))
+    grid = (torch.cat(rows, dim=0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
 def run_setting(sample, base_overrides, name, train_views, held_out, args) -> dict:
     cfg = load_profile(args.profile, [*base_overrides, f"fit4d.train_views={train_views}"]).fit4d
     data = fit_input_from_render_sample(
@@ -85,8 +111,90 @@ def run_setting(sample, base_overrides, name, train_views, held_out, args) -> di
     }
     res.update({f"heldout_{k}": v for k, v in evaluate(fitter, held_out).items()})
     res.update({f"train_{k}": v for k, v in evaluate(fitter, train_views[:4]).items()})
+    if args.png_dir:
+        write_comparison(fitter, held_out[:4], Path(args.png_dir) / f"{sample.key}_{name}.png")
     print(json.dumps(res), flush=True)
     return res
+
+
+def run_speed(s, args) -> dict:
+    """The paper's iterations at --speed-resolution; stage 2 with the sampler on random weights (if asked)."""
+    from fit4d.refine import sampler_refiner
+    from model.windows import view_groups, window_schedule
+
+    ov = [*args.overrides, f"fit4d.resolution={args.speed_resolution}", *args.speed_set]
+    run: dict = {"setting": "speed", "key": s.key, "resolution": args.speed_resolution}
+    refiner = None
+    denoise: dict = {}
+    if args.random_weights != "none":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        t0 = time.perf_counter()
+        ov += save_random_sampler_weights(args.weights_dir, args.random_weights, dev)
+        run["weights_build_s"] = time.perf_counter() - t0
+        pcfg = load_profile(args.profile, ov)
+        t0 = time.perf_counter()
+        sampler = sampler_refiner(pcfg)
+        run["sampler_load_s"] = time.perf_counter() - t0
+        sc = pcfg.sample
+
+        def refiner(request):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = sampler(request)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            nv, nf = len(request.target_views()), request.rgb.shape[1]
+            windows = window_schedule(max(nf, sc.frames_per_pass), sc.frames_per_pass)
+            groups = view_groups(nv, sc.views_per_pass, sc.group_anchors)
+            denoise.update(
+                seconds=time.perf_counter() - t,
+                target_views=nv,
+                frames=nf,
+                images=nv * nf,
+                passes=len(windows) * len(groups),
+                latents_per_pass=[len(w.frames) * len(g.slots) for w in windows for g in groups],
+                steps=request.num_steps - request.start_step,
+                num_steps=request.num_steps,
+                sample_resolution=sc.resolution,
+                dtype=sc.dtype,
+                unet=pcfg.model.unet,
+            )
+            # random weights denoise into noise: fitting that fills the occupancy grid and times a stage 2
+            # no real run has; --keep-stage1-targets times the denoising and keeps the renders as targets
+            return request.rgb if args.keep_stage1_targets else out
+
+        refiner.__name__ = "sampler"
+    cfg = load_profile(args.profile, ov).fit4d
+    data = fit_input_from_render_sample(s, cfg.orbit, cfg.input_view, cfg.render.background, cfg.resolution)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    fitter, report = fit(data, cfg, refiner=refiner)
+    total = time.perf_counter() - t0
+    st = report["stages"]
+    s2 = st.get("stage2", {})
+    setup = s2.get("refine_seconds", 0.0)
+    run.update(
+        total_s=total,
+        stage1_s=st["stage1"]["seconds"],
+        stage1_iters=st["stage1"]["iterations"],
+        stage2_s=s2.get("seconds", 0.0),
+        stage2_iters=s2.get("iterations", 0),
+        stage2_setup_s=setup,
+        stage2_renders_s=setup - denoise.get("seconds", 0.0),
+        stage2_denoise_s=denoise.get("seconds", 0.0),
+        denoise=denoise or "none (no --random-weights: stage 2 refits the stage-1 targets)",
+        train_views=cfg.train_views,
+        frames=int(data.num_frames),
+        peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
+        refiner=s2.get("refiner", "none"),
+        stage2_targets="stage-1 renders (denoised images discarded)"
+        if args.keep_stage1_targets and denoise
+        else "refined",
+    )
+    print(json.dumps(run), flush=True)
+    return run
 
 
 def main() -> None:
@@ -97,6 +205,19 @@ def main() -> None:
     p.add_argument("--settings", default="dense,paper,speed")
     p.add_argument("--speed-resolution", type=int, default=576)
     p.add_argument("--speed-set", action="append", default=[], help="extra overrides for the speed run only")
+    p.add_argument(
+        "--random-weights",
+        choices=["none", "full", "tiny"],
+        default="none",
+        help="speed: stage 2 denoises with the sampler on random weights of this size (none: no denoising)",
+    )
+    p.add_argument("--weights-dir", default="/tmp/sv4d2_random_weights")
+    p.add_argument(
+        "--keep-stage1-targets",
+        action="store_true",
+        help="speed: run and time the denoising, but keep the stage-1 renders as stage-2 targets",
+    )
+    p.add_argument("--png-dir", default="", help="write held-out prediction / ground truth PNGs here")
     p.add_argument("--budget-s", type=float, default=1e9)
     p.add_argument("--json", default="")
     args = p.parse_args()
@@ -115,31 +236,7 @@ def main() -> None:
     samples = [s for path in args.shards for s in iter_render_samples(path)]
     settings = args.settings.split(",")
     if "speed" in settings and samples:
-        s = samples[0]
-        ov = [*args.overrides, f"fit4d.resolution={args.speed_resolution}", *args.speed_set]
-        cfg = load_profile(args.profile, ov).fit4d
-        data = fit_input_from_render_sample(
-            s, cfg.orbit, cfg.input_view, cfg.render.background, cfg.resolution
-        )
-        t0 = time.perf_counter()
-        fitter, report = fit(data, cfg)
-        total = time.perf_counter() - t0
-        st = report["stages"]
-        run = {
-            "setting": "speed",
-            "key": s.key,
-            "resolution": args.speed_resolution,
-            "total_s": total,
-            "stage1_s": st["stage1"]["seconds"],
-            "stage1_iters": st["stage1"]["iterations"],
-            "stage2_s": st.get("stage2", {}).get("seconds", 0.0),
-            "stage2_iters": st.get("stage2", {}).get("iterations", 0),
-            "stage2_render_all_s": st.get("stage2", {}).get("refine_seconds", 0.0),
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
-            "note": "stage-2 denoising not included (no sampler start-from-image mode yet)",
-        }
-        results["runs"].append(run)
-        print(json.dumps(run), flush=True)
+        results["runs"].append(run_speed(samples[0], args))
         save()
     n = None
     for s in samples:
@@ -165,7 +262,9 @@ def main() -> None:
         elif r.get("setting") == "speed":
             print(
                 f"speed    {r['key']:14} {r['resolution']:4d} {r['total_s']:7.1f}  "
-                f"(stage1 {r['stage1_s']:.1f} s, stage2 {r['stage2_s']:.1f} s)"
+                f"(stage1 {r['stage1_s']:.1f} s, renders {r['stage2_renders_s']:.1f} s, "
+                f"denoising {r['stage2_denoise_s']:.1f} s, stage2 {r['stage2_s']:.1f} s, "
+                f"peak {r['peak_mem_gib']:.1f} GiB)"
             )
     save()
 

@@ -105,7 +105,16 @@ class Fitter:
         self.occupancy = OccupancyGrid(
             cfg.render.occupancy_resolution, cfg.nerf.bound, cfg.render.occupancy_threshold, dev
         )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-15)
+        deform = list(self.model.deformation.parameters())
+        ids = {id(p) for p in deform}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": rest, "lr": cfg.lr, "base_lr": cfg.lr},
+                {"params": deform, "lr": cfg.deform_lr, "base_lr": cfg.deform_lr},
+            ],
+            eps=1e-15,
+        )
         self.lpips = LPIPSLoss(cfg.loss.lpips_backbone_path).to(dev) if cfg.loss.lpips > 0 else None
         # stage-2 normal targets: an estimator on the refined images, else the stage-1 NeRF's normals
         if normal_estimator is None and cfg.loss.normal_estimator == "omnidata":
@@ -221,11 +230,11 @@ class Fitter:
         return record
 
     def set_lr(self, it: int, total: int) -> None:
-        """Exponential decay from lr to lr * lr_final_frac over a stage."""
-        frac = it / max(total, 1)
-        lr = self.cfg.lr * math.exp(math.log(self.cfg.lr_final_frac) * frac)
+        """Exponential decay of each group's rate (lr; deform_lr for the deformation) to lr_final_frac of
+        it over a stage."""
+        decay = math.exp(math.log(self.cfg.lr_final_frac) * it / max(total, 1))
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["base_lr"] * decay
 
     def update_occupancy(self, frames: np.ndarray) -> None:
         times = frame_time(np.unique(frames), self.num_frames).tolist()

@@ -749,6 +749,10 @@ class Fit4DConfig:
     """Fit at this image side (targets resized by area averaging; 0: the sample's own resolution)."""
     lr: float = 0.01
     """Adam learning rate of every parameter (paper: 0.01)."""
+    deform_lr: float = 1e-3
+    """Adam learning rate of the deformation MLP (decayed as lr). At lr (0.01) its ReLU units die within
+    the first few hundred dynamic iterations: the deformation stays ~0 and every frame renders the average
+    shape of the clip (benchmarks/RESULTS.md, fit4d)."""
     lr_final_frac: float = 0.1
     """Each stage decays the learning rate exponentially to lr * lr_final_frac (1: constant)."""
     stage1_iters: int = 1500
@@ -800,8 +804,8 @@ class Fit4DConfig:
     `python -m evaluation.run` reads (relative paths under out_dir; empty: off)."""
 
     def validate(self) -> None:
-        if self.lr <= 0:
-            raise ValueError("fit4d.lr must be positive")
+        if self.lr <= 0 or self.deform_lr <= 0:
+            raise ValueError("fit4d.lr and fit4d.deform_lr must be positive")
         if min(self.stage1_iters, self.static_iters, self.stage2_iters) < 0:
             raise ValueError("fit4d iteration counts must be >= 0")
         if self.static_iters > self.stage1_iters:
