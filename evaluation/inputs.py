@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from shards.reader import iter_raw_samples
-from shards.render_schema import SchemaError, decode_render_sample, image_field, png_load
+from shards.render_schema import SchemaError, decode_render_sample, image_field, png_load, select_indices
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +80,6 @@ def prediction_name(view: int, frame: int) -> str:
     return PREDICTION_NAME.format(view=view, frame=frame)
 
 
-def _select(indices: Sequence[int], count: int, what: str) -> list[int]:
-    chosen = list(indices) if indices else list(range(count))
-    bad = [i for i in chosen if not 0 <= i < count]
-    if bad:
-        raise SchemaError(f"{what} {bad} out of range: the orbit has {count}")
-    if len(set(chosen)) != len(chosen):
-        raise SchemaError(f"{what} {chosen} repeat an index")
-    return chosen
-
-
 def _map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     """`fn` over `items` in threads, in order (PNG decoding releases the GIL); the first error propagates."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -122,8 +112,8 @@ def iter_ground_truth(
                     meta = sample.meta
                     if orbit not in meta["orbits"]:
                         raise SchemaError(f"no {orbit!r} orbit (has {meta['orbits']})")
-                    v_idx = _select(views, int(meta["num_views"]), "evaluation.views")
-                    f_idx = _select(frames, int(meta["num_frames"]), "evaluation.frames")
+                    v_idx = select_indices(views, int(meta["num_views"]), "evaluation.views")
+                    f_idx = select_indices(frames, int(meta["num_frames"]), "evaluation.frames")
                     res = int(meta["resolution"])
                     names = [image_field(orbit, v, f) for v in v_idx for f in f_idx]
                     images = _map(lambda n, r=raw: png_load(r[n], n), names)

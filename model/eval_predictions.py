@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from model.novel_cameras import CameraSet
+from shards.render_schema import select_indices
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,6 @@ class EvalTargets:
     num_frames: int
 
 
-def _select(indices: Sequence[int], count: int, what: str) -> list[int]:
-    chosen = [int(i) for i in indices] if indices else list(range(count))
-    bad = [i for i in chosen if not 0 <= i < count]
-    if bad:
-        raise ValueError(f"{what} {bad} out of range: the orbit has {count}")
-    if len(set(chosen)) != len(chosen):
-        raise ValueError(f"{what} {chosen} repeat an index")
-    return chosen
-
-
 def read_targets(
     shard: str | Path, key: str, orbit: str, views: Sequence[int] = (), frames: Sequence[int] = ()
 ) -> EvalTargets:
@@ -81,8 +72,8 @@ def read_targets(
                 f"{key}: no cameras of the evaluated orbit {orbit!r} (has {sample.meta['orbits']})"
             )
         meta = sample.meta
-        v = _select(views, int(meta["num_views"]), "evaluation.views")
-        f = _select(frames, int(meta["num_frames"]), "evaluation.frames")
+        v = select_indices(views, int(meta["num_views"]), "evaluation.views")
+        f = select_indices(frames, int(meta["num_frames"]), "evaluation.frames")
         return EvalTargets(
             key,
             orbit,

@@ -36,6 +36,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,18 @@ MAX_IMAGES_PER_ORBIT = 4096
 
 class SchemaError(ValueError):
     """A sample does not follow the shard contract; the message names the offending key."""
+
+
+def select_indices(indices: Sequence[int], count: int, what: str) -> list[int]:
+    """`indices` of an orbit's views or frames (empty: all of range(count)), checked to lie in range and not
+    repeat; `what` names the setting in the error (e.g. "evaluation.views")."""
+    chosen = [int(i) for i in indices] if indices else list(range(count))
+    bad = [i for i in chosen if not 0 <= i < count]
+    if bad:
+        raise SchemaError(f"{what} {bad} out of range: the orbit has {count}")
+    if len(set(chosen)) != len(chosen):
+        raise SchemaError(f"{what} {chosen} repeat an index")
+    return chosen
 
 
 def image_field(orbit: str, view: int, frame: int) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from shards.render_schema import RenderSample
+from shards.render_schema import RenderSample, select_indices
 
 #: The evaluation's file name (evaluation/inputs.py PREDICTION_NAME; fit4d may not import evaluation).
 PREDICTION_NAME = "v{view:02d}.f{frame:02d}.png"
@@ -53,17 +53,6 @@ class PredictionCameras:
     height: int
     width: int
     num_frames: int
-
-
-def select_indices(indices: Sequence[int], count: int, what: str) -> list[int]:
-    """`indices` (empty: all of range(count)), checked to lie in range and not repeat."""
-    chosen = [int(i) for i in indices] if indices else list(range(count))
-    bad = [i for i in chosen if not 0 <= i < count]
-    if bad:
-        raise ValueError(f"{what} {bad} out of range: the orbit has {count}")
-    if len(set(chosen)) != len(chosen):
-        raise ValueError(f"{what} {chosen} repeat an index")
-    return chosen
 
 
 def prediction_cameras(
