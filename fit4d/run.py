@@ -69,9 +69,8 @@ def fit_one(shard: str, key: str, cfg: PipelineConfig, out_dir: str, force: bool
         if fc.predictions:
             try:
                 row["predictions"] = str(write_evaluation_predictions(fitter, sample, cfg))
-            except (
-                ValueError
-            ) as exc:  # cameras the evaluation asks for that this sample lacks: the fit stands
+            except ValueError as exc:
+                # cameras the evaluation asks for that this sample lacks (or no ground truth): the fit stands
                 log.warning("%s: no evaluation predictions: %s", key, exc)
                 row["predictions_reason"] = str(exc)
         row.update(status="done", reason="", seconds=time.perf_counter() - start)
