@@ -152,14 +152,14 @@ def render_on_white(
     trans = torch.ones(n, device=dev, dtype=dtype)
     t_near, t_far, hit = ray_aabb(origins, dirs, bound)
     active = hit.nonzero()[:, 0]
+    # render_rays' depths (bin centres of all num_samples bins), computed once; each segment reads its bins
+    t_all, width = stratified_samples(t_near, t_far, num_samples, False)
     for s0 in range(0, num_samples, segment):
         if active.numel() == 0:
             break
         s1 = min(s0 + segment, num_samples)
-        # the same depths as stratified_samples over all num_samples bins, only bins s0..s1-1
-        t_all, width = stratified_samples(t_near[active], t_far[active], num_samples, False)
-        t = t_all[:, s0:s1]
-        deltas = width[:, s0:s1]
+        t = t_all[active, s0:s1]
+        deltas = width[active, s0:s1]
         pts = origins[active, None, :] + dirs[active, None, :] * t[..., None]
         keep = torch.ones(t.shape, dtype=torch.bool, device=dev)
         if occupied is not None:
