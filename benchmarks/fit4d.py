@@ -66,7 +66,13 @@ def evaluate(fitter, views: list[int]) -> dict:
     mask_iou = ((r["opacity"] > 0.5) & (fitter.alpha[views] > 0.5)).sum() / (
         (r["opacity"] > 0.5) | (fitter.alpha[views] > 0.5)
     ).sum().clamp(min=1)
-    return {"psnr": psnr(pred, gt), "ssim": ssim(pred, gt), "mask_iou": float(mask_iou)}
+    frames = [psnr(r["rgb"][:, f], fitter.rgb_gt[views][:, f]) for f in range(fitter.num_frames)]
+    return {
+        "psnr": psnr(pred, gt),
+        "ssim": ssim(pred, gt),
+        "mask_iou": float(mask_iou),
+        "psnr_per_frame": [round(p, 2) for p in frames],
+    }
 
 
 def write_comparison(fitter, views: list[int], path: Path) -> None:
@@ -94,10 +100,18 @@ def run_setting(sample, base_overrides, name, train_views, held_out, args) -> di
     data = fit_input_from_render_sample(
         sample, cfg.orbit, cfg.input_view, cfg.render.background, cfg.resolution
     )
+    gt = torch.from_numpy(data.rgb)
+    after_stage: dict = {}
+
+    def on_stage(stage: str, fitter) -> None:
+        # held-out PSNR after each stage (stage 1's render time is counted in fit_s)
+        fitter.rgb_gt = gt.to(fitter.device)
+        after_stage[stage] = evaluate(fitter, held_out)["psnr"]
+        fitter.model.train()
+
     t0 = time.perf_counter()
-    fitter, report = fit(data, cfg)
+    fitter, report = fit(data, cfg, on_stage=on_stage)
     seconds = time.perf_counter() - t0
-    fitter.rgb_gt = torch.from_numpy(data.rgb).to(fitter.device)
     res = {
         "setting": name,
         "key": sample.key,
@@ -108,6 +122,7 @@ def run_setting(sample, base_overrides, name, train_views, held_out, args) -> di
         "stage_s": {k: v["seconds"] for k, v in report["stages"].items()},
         "final_train_psnr": report["stages"][list(report["stages"])[-1]]["losses"][-1]["psnr"],
         "occupied": float(fitter.occupancy.grid.float().mean()),
+        "heldout_psnr_after": after_stage,
     }
     res.update({f"heldout_{k}": v for k, v in evaluate(fitter, held_out).items()})
     res.update({f"train_{k}": v for k, v in evaluate(fitter, train_views[:4]).items()})

@@ -1,4 +1,5 @@
-"""The dynamic NeRF Psi(x, t) -> (sigma, c): a canonical hash-grid NeRF and a deformation MLP (paper sec. 4).
+"""The dynamic NeRF Psi(x, t) -> (sigma, c): a canonical hash-grid NeRF and a deformation MLP (paper sec. 4)
+of frequency-encoded (x, t) or of a 4D hash encoding of (x, t) (fit4d/field_components/deformation.py).
 
 Coordinates: world points inside the box [-bound, bound]^3; t = frame / (F - 1) in [0, 1]. A world point
 x at time t is looked up in canonical space at x + MLP_t(x / bound, t) * bound. Colour has no view
@@ -10,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fit4d.field_components.deformation import DeformationMLP, HashDeformation
 from fit4d.field_components.hash_grid import HashGrid
-from fit4d.field_components.mlp import MLP, DeformationMLP
+from fit4d.field_components.mlp import MLP
 from profiles.schema import Fit4DFieldConfig
 
 
@@ -34,9 +36,22 @@ class DynamicNeRF(nn.Module):
         self.geo_feat_dim = cfg.geo_feat_dim
         self.density_mlp = MLP(self.encoding.output_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim)
         self.color_mlp = MLP(cfg.geo_feat_dim, cfg.hidden_dim, 3, num_hidden=2)
-        self.deformation = DeformationMLP(
-            cfg.deform_hidden_dim, cfg.deform_layers, cfg.deform_pos_freqs, cfg.deform_time_freqs
-        )
+        self.deformation: nn.Module
+        if cfg.deform_encoding == "hash":
+            self.deformation = HashDeformation(
+                cfg.deform_num_levels,
+                cfg.features_per_level,
+                cfg.deform_log2_hashmap_size,
+                cfg.deform_base_resolution,
+                cfg.deform_max_resolution,
+                cfg.deform_time_resolution,
+                cfg.deform_hidden_dim,
+                cfg.deform_layers,
+            )
+        else:
+            self.deformation = DeformationMLP(
+                cfg.deform_hidden_dim, cfg.deform_layers, cfg.deform_pos_freqs, cfg.deform_time_freqs
+            )
         self.dynamic = True
         """False: the deformation is skipped (the static part of stage 1)."""
 

@@ -105,7 +105,8 @@ class Fitter:
         self.occupancy = OccupancyGrid(
             cfg.render.occupancy_resolution, cfg.nerf.bound, cfg.render.occupancy_threshold, dev
         )
-        deform = list(self.model.deformation.parameters())
+        # the deformation MLP's weights train at deform_lr; hash tables (also a 4D one) at lr
+        deform = [p for n, p in self.model.deformation.named_parameters() if not n.startswith("encoding.")]
         ids = {id(p) for p in deform}
         rest = [p for p in self.model.parameters() if id(p) not in ids]
         self.optimizer = torch.optim.Adam(

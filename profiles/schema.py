@@ -647,12 +647,23 @@ class Fit4DFieldConfig:
     hidden_dim: int = 64
     geo_feat_dim: int = 15
     """Features the density MLP passes to the colour MLP."""
+    deform_encoding: Literal["frequency", "hash"] = "frequency"
+    """Input of the deformation MLP. frequency: D-NeRF's sin/cos octaves of x and t (deform_pos_freqs,
+    deform_time_freqs); hash: a 4D hash encoding of (x, t) (deform_num_levels ... deform_time_resolution),
+    which captures large local motion (legs) in the iteration budget."""
     deform_hidden_dim: int = 128
     deform_layers: int = 3
     deform_pos_freqs: int = 6
     """Frequency octaves of x fed to the deformation MLP."""
     deform_time_freqs: int = 6
     """Frequency octaves of t (frame / (F - 1) in [0, 1]) fed to the deformation MLP."""
+    deform_num_levels: int = 8
+    deform_log2_hashmap_size: int = 17
+    deform_base_resolution: int = 8
+    deform_max_resolution: int = 128
+    """Spatial resolution of the 4D grid's coarsest and finest levels."""
+    deform_time_resolution: int = 8
+    """Cells over the clip's time [0, 1] at the finest level (coarser levels have fewer, down to 2)."""
 
     def validate(self) -> None:
         if self.bound <= 0:
@@ -663,6 +674,12 @@ class Fit4DFieldConfig:
             raise ValueError("fit4d.nerf.log2_hashmap_size must lie in [8, 26]")
         if not 2 <= self.base_resolution <= self.max_resolution:
             raise ValueError("fit4d.nerf: need 2 <= base_resolution <= max_resolution")
+        if not 8 <= self.deform_log2_hashmap_size <= 26:
+            raise ValueError("fit4d.nerf.deform_log2_hashmap_size must lie in [8, 26]")
+        if not 2 <= self.deform_base_resolution <= self.deform_max_resolution:
+            raise ValueError("fit4d.nerf: need 2 <= deform_base_resolution <= deform_max_resolution")
+        if self.deform_num_levels < 1 or self.deform_time_resolution < 1:
+            raise ValueError("fit4d.nerf: deform_num_levels and deform_time_resolution must be >= 1")
 
 
 @dataclass
@@ -750,7 +767,8 @@ class Fit4DConfig:
     lr: float = 0.01
     """Adam learning rate of every parameter (paper: 0.01)."""
     deform_lr: float = 1e-3
-    """Adam learning rate of the deformation MLP (decayed as lr). At lr (0.01) its ReLU units die within
+    """Adam learning rate of the deformation MLP's weights (decayed as lr; a hash encoding's table of the
+    deformation trains at lr). At lr (0.01) the frequency-encoded MLP's ReLU units die within
     the first few hundred dynamic iterations: the deformation stays ~0 and every frame renders the average
     shape of the clip (benchmarks/RESULTS.md, fit4d)."""
     lr_final_frac: float = 0.1

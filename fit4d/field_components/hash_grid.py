@@ -1,25 +1,28 @@
-"""Multi-resolution hash encoding (Mueller et al. 2022, instant-ngp) in plain PyTorch.
+"""Multi-resolution hash encoding (Mueller et al. 2022, instant-ngp) in plain PyTorch, in D dimensions.
 
-Level l has resolution N_l = floor(N_min * b^l) with b = exp((ln N_max - ln N_min) / (L - 1)). A point
-x in [0, 1]^3 sits in the cell of the (N_l + 1)^3 grid vertices around x * N_l; its feature is the
-trilinear blend of the 8 corner entries. A level whose vertex count fits the table is indexed densely
-(i + j (N+1) + k (N+1)^2, no collisions); finer levels hash the corner with the usual primes,
-(i * 1) xor (j * 2654435761) xor (k * 805459861) mod T, in int64 so the products never overflow.
+Level l has resolution N_l = floor(N_min * b^l) with b = exp((ln N_max - ln N_min) / (L - 1)) along every
+axis, unless per-axis resolutions are given (the deformation's 4D grid resolves time more coarsely than
+space). A point x in [0, 1]^D sits in the cell of the grid vertices around x * N_l; its feature is the
+multilinear blend of the 2^D corner entries. A level whose vertex count fits the table is indexed densely
+(mixed radix: i + j (N_0+1) + k (N_0+1)(N_1+1) + ..., no collisions); finer levels hash the corner with the
+usual primes, (i * 1) xor (j * 2654435761) xor (k * 805459861) [xor (l * 3674653429)] mod T, in int64 so
+the products never overflow.
 
 All levels live in one float32 parameter (fp32 gradients even under autocast) with per-level offsets,
 and the whole encoding is a few gathers and elementwise ops without Python loops over points, so
-`torch.compile` fuses it. Example: L = 2, N_min = 2, N_max = 4 gives resolutions [2, 4]; with T = 2^6 the
-first level (27 vertices) is dense and the second (125 > 64) hashed.
+`torch.compile` fuses it. Example: L = 2, N_min = 2, N_max = 4, D = 3 gives resolutions [2, 4]; with
+T = 2^6 the first level (27 vertices) is dense and the second (125 > 64) hashed.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-PRIMES = (1, 2654435761, 805459861)
+PRIMES = (1, 2654435761, 805459861, 3674653429)
 
 
 def level_resolutions(num_levels: int, base_resolution: int, max_resolution: int) -> list[int]:
@@ -32,7 +35,11 @@ def level_resolutions(num_levels: int, base_resolution: int, max_resolution: int
 
 
 class HashGrid(nn.Module):
-    """x (N, 3) in [0, 1] -> features (N, num_levels * features_per_level), level-major."""
+    """x (N, D) in [0, 1] -> features (N, num_levels * features_per_level), level-major.
+
+    `axis_resolutions` (L, D) replaces the geometric series (the same on every axis) by per-level,
+    per-axis resolutions; `dim` is then its second size.
+    """
 
     def __init__(
         self,
@@ -42,27 +49,44 @@ class HashGrid(nn.Module):
         base_resolution: int = 16,
         max_resolution: int = 2048,
         init_scale: float = 1e-4,
+        dim: int = 3,
+        axis_resolutions: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
+        if axis_resolutions is None:
+            per_level = level_resolutions(num_levels, base_resolution, max_resolution)
+            axis_resolutions = [[r] * dim for r in per_level]
+        res = [list(map(int, r)) for r in axis_resolutions]
+        dim = len(res[0])
+        if len(res) != num_levels or any(len(r) != dim for r in res) or not 1 <= dim <= len(PRIMES):
+            raise ValueError(f"axis_resolutions must be {num_levels} rows of 1-{len(PRIMES)} resolutions")
+        if min(min(r) for r in res) < 1:
+            raise ValueError("hash grid resolutions must be >= 1")
+        self.dim = dim
         self.num_levels = num_levels
         self.features_per_level = features_per_level
         self.table_size = 2**log2_hashmap_size
-        resolutions = level_resolutions(num_levels, base_resolution, max_resolution)
         sizes, dense = [], []
-        for res in resolutions:
-            vertices = (res + 1) ** 3
+        for r in res:
+            vertices = math.prod(n + 1 for n in r)
             dense.append(vertices <= self.table_size)
             sizes.append(min(vertices, self.table_size))
         offsets = [0]
         for size in sizes:
             offsets.append(offsets[-1] + size)
-        self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.int64), persistent=False)
+        resolutions = torch.tensor(res, dtype=torch.int64)  # (L, D)
+        # mixed-radix strides of the dense index: prod_{e < d} (N_e + 1)
+        strides = torch.cumprod(
+            torch.cat([torch.ones(num_levels, 1, dtype=torch.int64), resolutions + 1], 1), 1
+        )
+        self.register_buffer("resolutions", resolutions, persistent=False)
+        self.register_buffer("strides", strides[:, :dim], persistent=False)
         self.register_buffer("dense", torch.tensor(dense), persistent=False)
         self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets[:-1], dtype=torch.int64), persistent=False)
-        self.register_buffer("primes", torch.tensor(PRIMES, dtype=torch.int64), persistent=False)
-        # the 8 cell corners as (8, 3) offsets in {0, 1}
-        corners = torch.tensor([[(c >> d) & 1 for d in range(3)] for c in range(8)], dtype=torch.int64)
+        self.register_buffer("primes", torch.tensor(PRIMES[:dim], dtype=torch.int64), persistent=False)
+        # the 2^D cell corners as (2^D, D) offsets in {0, 1}
+        corners = torch.tensor([[(c >> d) & 1 for d in range(dim)] for c in range(2**dim)], dtype=torch.int64)
         self.register_buffer("corners", corners, persistent=False)
         self.table = nn.Parameter(
             torch.empty(offsets[-1], features_per_level).uniform_(-init_scale, init_scale)
@@ -73,30 +97,29 @@ class HashGrid(nn.Module):
         return self.num_levels * self.features_per_level
 
     def corner_indices(self, cell: torch.Tensor) -> torch.Tensor:
-        """Integer corners (N, L, 8, 3) -> rows of `table` (N, L, 8): dense or hashed per level."""
-        stride = self.resolutions + 1  # (L,)
-        dense_idx = cell[..., 0] + cell[..., 1] * stride[:, None] + cell[..., 2] * (stride * stride)[:, None]
-        hashed = (
-            (cell[..., 0] * self.primes[0])
-            ^ (cell[..., 1] * self.primes[1])
-            ^ (cell[..., 2] * self.primes[2])
-        )
+        """Integer corners (N, L, 2^D, D) -> rows of `table` (N, L, 2^D): dense or hashed per level."""
+        dense_idx = (cell * self.strides[:, None, :]).sum(-1)
+        hashed = cell[..., 0] * self.primes[0]
+        for d in range(1, self.dim):
+            hashed = hashed ^ (cell[..., d] * self.primes[d])
         hashed = torch.remainder(hashed, self.table_size)
         local = torch.where(self.dense[:, None], dense_idx, hashed)
         return local + self.offsets[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().clamp(0.0, 1.0)
-        res = self.resolutions.to(x.dtype)  # (L,)
-        pos = x[:, None, :] * res[None, :, None]  # (N, L, 3)
+        res = self.resolutions.to(x.dtype)  # (L, D)
+        pos = x[:, None, :] * res[None]  # (N, L, D)
         # points at the upper face belong to the last cell, so the corner index never exceeds N_l
-        base = torch.minimum(pos.floor().long(), self.resolutions[None, :, None] - 1)
-        frac = pos - base.to(pos.dtype)  # (N, L, 3)
-        cell = base[:, :, None, :] + self.corners[None, None]  # (N, L, 8, 3)
-        idx = self.corner_indices(cell)  # (N, L, 8)
-        c = self.corners.to(x.dtype)  # (8, 3)
-        a = frac[:, :, None, :] * c + (1 - frac[:, :, None, :]) * (1 - c)  # (N, L, 8, 3)
-        w = a[..., 0] * a[..., 1] * a[..., 2]  # (N, L, 8); explicit product: prod's backward is slow
-        feats = self.table[idx]  # (N, L, 8, F)
+        base = torch.minimum(pos.floor().long(), self.resolutions[None] - 1)
+        frac = pos - base.to(pos.dtype)  # (N, L, D)
+        cell = base[:, :, None, :] + self.corners[None, None]  # (N, L, 2^D, D)
+        idx = self.corner_indices(cell)  # (N, L, 2^D)
+        c = self.corners.to(x.dtype)  # (2^D, D)
+        a = frac[:, :, None, :] * c + (1 - frac[:, :, None, :]) * (1 - c)  # (N, L, 2^D, D)
+        w = a[..., 0]  # explicit product: prod's backward is slow
+        for d in range(1, self.dim):
+            w = w * a[..., d]
+        feats = self.table[idx]  # (N, L, 2^D, F)
         out = (feats * w[..., None]).sum(2)  # (N, L, F)
         return out.reshape(x.shape[0], self.output_dim)

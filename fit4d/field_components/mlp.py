@@ -1,4 +1,4 @@
-"""Small MLPs and the frequency encoding of the deformation field."""
+"""Small MLPs and the frequency encoding (the deformation fields are in deformation.py)."""
 
 from __future__ import annotations
 
@@ -29,25 +29,3 @@ class MLP(nn.Sequential):
             dim = hidden_dim
         layers.append(nn.Linear(dim, out_dim))
         super().__init__(*layers)
-
-
-class DeformationMLP(nn.Module):
-    """MLP_t: (x, t) -> displacement dx, so the canonical point of x at time t is x + dx.
-
-    The last layer starts at zero, so the field is exactly the identity at initialization and the
-    static-to-dynamic schedule starts from the canonical NeRF of frame 0.
-    """
-
-    def __init__(self, hidden_dim: int = 128, num_layers: int = 3, pos_freqs: int = 6, time_freqs: int = 6):
-        super().__init__()
-        self.pos_freqs, self.time_freqs = pos_freqs, time_freqs
-        in_dim = 3 * (1 + 2 * pos_freqs) + (1 + 2 * time_freqs)
-        self.net = MLP(in_dim, hidden_dim, 3, num_hidden=num_layers)
-        last = self.net[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x (N, 3) in box coordinates [-1, 1]; t (N, 1) in [0, 1] -> dx (N, 3)."""
-        feats = torch.cat([frequency_encoding(x, self.pos_freqs), frequency_encoding(t, self.time_freqs)], -1)
-        return self.net(feats)

@@ -22,22 +22,29 @@ from shards.cameras import c2w_opencv
 def reference_hash_encoding(grid: HashGrid, x: np.ndarray) -> np.ndarray:
     """The encoding computed point by point, level by level, corner by corner, in Python integers."""
     table = grid.table.detach().double().numpy()
-    res = grid.resolutions.tolist()
     offsets = grid.offsets.tolist()
+    dim = x.shape[1]
     out = np.zeros((len(x), grid.num_levels, grid.features_per_level))
     for n, p in enumerate(x):
-        for lvl, r in enumerate(res):
+        for lvl, r in enumerate(grid.resolutions.tolist()):
+            r = np.asarray(r)
             pos = np.clip(p, 0, 1) * r
             base = np.minimum(np.floor(pos).astype(int), r - 1)
             frac = pos - base
-            for corner in range(8):
-                c = [(corner >> d) & 1 for d in range(3)]
-                i, j, k = (base[d] + c[d] for d in range(3))
-                if (r + 1) ** 3 <= grid.table_size:
-                    idx = i + j * (r + 1) + k * (r + 1) ** 2
+            for corner in range(2**dim):
+                c = [(corner >> d) & 1 for d in range(dim)]
+                ijk = [int(base[d] + c[d]) for d in range(dim)]
+                if np.prod(r + 1) <= grid.table_size:
+                    idx, stride = 0, 1
+                    for d in range(dim):
+                        idx += ijk[d] * stride
+                        stride *= int(r[d]) + 1
                 else:
-                    idx = ((i * PRIMES[0]) ^ (j * PRIMES[1]) ^ (k * PRIMES[2])) % grid.table_size
-                w = np.prod([frac[d] if c[d] else 1 - frac[d] for d in range(3)])
+                    idx = 0
+                    for d in range(dim):
+                        idx ^= ijk[d] * PRIMES[d]
+                    idx %= grid.table_size
+                w = np.prod([frac[d] if c[d] else 1 - frac[d] for d in range(dim)])
                 out[n, lvl] += w * table[offsets[lvl] + idx]
     return out.reshape(len(x), -1)
 
@@ -61,6 +68,24 @@ def test_hash_encoding_matches_reference_dense_and_hashed_levels():
     x = np.concatenate(
         [rng.random((40, 3)), [[0, 0, 0], [1, 1, 1], [1, 0, 0.5], [0.5, 1, 1]], [[1 / 3, 2 / 3, 0]]]
     )
+    got = grid(torch.from_numpy(x).float()).detach().double().numpy()
+    want = reference_hash_encoding(grid, x.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_4d_hash_encoding_with_per_axis_resolutions_matches_reference():
+    """The deformation's grid: 4 axes, time coarser than space; dense levels use mixed-radix strides."""
+    torch.manual_seed(0)
+    grid = HashGrid(
+        num_levels=3,
+        features_per_level=2,
+        log2_hashmap_size=9,
+        axis_resolutions=[[2, 2, 2, 1], [4, 4, 4, 2], [9, 9, 9, 3]],
+    )
+    grid.table.data.uniform_(-1, 1)
+    assert grid.dense.tolist() == [True, True, False] and grid.dim == 4
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.random((30, 4)), [[0, 0, 0, 0], [1, 1, 1, 1], [0.5, 1, 0, 1 / 3]]])
     got = grid(torch.from_numpy(x).float()).detach().double().numpy()
     want = reference_hash_encoding(grid, x.astype(np.float32).astype(np.float64))
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -97,9 +122,10 @@ def tiny_field_cfg(**kw) -> Fit4DFieldConfig:
     return Fit4DFieldConfig(**base)
 
 
-def test_deformation_is_identity_at_init():
+@pytest.mark.parametrize("encoding", ["frequency", "hash"])
+def test_deformation_is_identity_at_init(encoding):
     torch.manual_seed(0)
-    model = DynamicNeRF(tiny_field_cfg())
+    model = DynamicNeRF(tiny_field_cfg(deform_encoding=encoding, deform_max_resolution=16))
     x = (torch.rand(64, 3) * 2 - 1) * model.bound
     t = torch.rand(64, 1)
     assert torch.equal(model.canonical(x, t), x)

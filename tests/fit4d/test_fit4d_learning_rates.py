@@ -49,3 +49,24 @@ def test_both_rates_decay_alike_over_a_stage(video):
 def test_a_non_positive_deform_lr_is_rejected():
     with pytest.raises(ValueError, match="deform_lr"):
         tiny_cfg(deform_lr=0)
+
+
+def test_a_hash_deformation_steps_its_table_at_lr_and_its_mlp_at_deform_lr(video):
+    """The 4D hash table is a table like the canonical one (lr); only the MLP on it needs deform_lr. The
+    zero last layer passes zero gradients to the table and the first layer on the first step; Adam's
+    second step after a zero gradient moves a parameter by rate * sqrt(1 + beta2) / (1 + beta1)."""
+    cfg = tiny_cfg(
+        lr=0.01, deform_lr=0.001, **{"nerf.deform_encoding": "hash", "nerf.deform_max_resolution": 16}
+    )
+    fitter = Fitter(video, cfg)
+    deform = fitter.model.deformation
+    table0 = deform.encoding.table.detach().clone()
+    first0 = deform.net[0].weight.detach().clone()
+    for _ in range(2):
+        views, frames = fitter.sample_batch(0, 10, static=False)
+        fitter.step(views, frames, static=False)
+    table = (deform.encoding.table.detach() - table0).abs().max().item()
+    first = (deform.net[0].weight.detach() - first0).abs().max().item()
+    factor = math.sqrt(1 + 0.999) / (1 + 0.9)
+    assert table == pytest.approx(0.01 * factor, rel=1e-3)
+    assert first == pytest.approx(0.001 * factor, rel=1e-3)
