@@ -107,6 +107,7 @@ def run_setting(sample, base_overrides, name, train_views, held_out, args) -> di
         # held-out PSNR after each stage (stage 1's render time is counted in fit_s)
         fitter.rgb_gt = gt.to(fitter.device)
         after_stage[stage] = evaluate(fitter, held_out)["psnr"]
+        print(f"{sample.key} {name} after {stage}: held-out PSNR {after_stage[stage]:.2f}", flush=True)
         fitter.model.train()
 
     t0 = time.perf_counter()
