@@ -60,6 +60,19 @@ def frame_time(frame: int | np.ndarray, num_frames: int) -> np.ndarray:
     return np.asarray(frame, np.float32) / max(num_frames - 1, 1)
 
 
+def compile_field(model: torch.nn.Module, backend: str = "inductor") -> Callable:
+    """torch.compile of the field (dynamic shapes: the occupied sample count changes every iteration).
+
+    The analytic normals take d sigma / dx with retain_graph=True before the loss's backward, which
+    AOTAutograd's donated buffers refuse ("compiled with non-empty donated buffers"), so they are switched
+    off; it is a process-wide setting of torch._functorch and costs only the buffer reuse.
+    """
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
+    return torch.compile(model, dynamic=True, backend=backend)
+
+
 @dataclass
 class StageLog:
     losses: list[dict[str, float]] = field(default_factory=list)
@@ -101,7 +114,7 @@ class Fitter:
         self.model = DynamicNeRF(cfg.nerf).to(dev)
         self.field_fn = self.model
         if cfg.compile and dev.type == "cuda":
-            self.field_fn = torch.compile(self.model, dynamic=True)
+            self.field_fn = compile_field(self.model)
         self.occupancy = OccupancyGrid(
             cfg.render.occupancy_resolution, cfg.nerf.bound, cfg.render.occupancy_threshold, dev
         )

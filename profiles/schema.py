@@ -801,7 +801,8 @@ class Fit4DConfig:
     refine_num_steps: int = 50
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
-    """torch.compile the field on CUDA."""
+    """torch.compile the field on CUDA (fit4d.loop.compile_field). Not with the normal losses (normal,
+    normal_smoothness): they need a second derivative, which compiled graphs do not support."""
     seed: int = 0
     progress: bool = True
     export_resolution: int = 128
@@ -824,6 +825,11 @@ class Fit4DConfig:
     def validate(self) -> None:
         if self.lr <= 0 or self.deform_lr <= 0:
             raise ValueError("fit4d.lr and fit4d.deform_lr must be positive")
+        if self.compile and (self.loss.normal > 0 or self.loss.normal_smoothness > 0):
+            raise ValueError(
+                "fit4d.compile cannot train the normal losses (fit4d.loss.normal, normal_smoothness): they "
+                "differentiate the field twice, which torch.compile does not support; set one of them to 0"
+            )
         if min(self.stage1_iters, self.static_iters, self.stage2_iters) < 0:
             raise ValueError("fit4d iteration counts must be >= 0")
         if self.static_iters > self.stage1_iters:

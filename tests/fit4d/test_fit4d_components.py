@@ -269,3 +269,28 @@ def test_strided_patch_stays_inside_the_image():
         assert rows.shape == (8, 8) and rows.min() >= 0 and rows.max() < 20 and cols.max() < 30
     with pytest.raises(ValueError, match="patch_size"):
         strided_patch(4, 4, 8, 1, rng)
+
+
+def test_a_compiled_field_renders_normals_and_trains_like_the_eager_one():
+    """fit4d.compile: the normals' first derivative (retain_graph) then the loss's backward through a
+    compiled field. AOTAutograd (the `aot_eager` backend: no C compiler needed) refused this before
+    compile_field turned donated buffers off."""
+    from fit4d.loop import compile_field
+
+    torch.manual_seed(0)
+    model = DynamicNeRF(tiny_field_cfg(deform_encoding="hash", deform_max_resolution=16))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    origins = torch.tensor([[0.0, 0.0, -2.0]]).repeat(64, 1)
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3) * 0.1 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    times = torch.rand(64)
+    grads = []
+    for fn in (model, compile_field(model, backend="aot_eager")):
+        model.zero_grad()
+        out = render_rays(fn, origins, dirs, times, model.bound, 32, with_normals=True)
+        out["rgb"].sum().backward()
+        grads.append((out["normal"].detach(), model.encoding.table.grad.clone()))
+    (n_eager, g_eager), (n_comp, g_comp) = grads
+    assert g_eager.abs().sum() > 0
+    torch.testing.assert_close(n_comp, n_eager, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g_comp, g_eager, atol=1e-6, rtol=1e-4)

@@ -70,3 +70,8 @@ def test_a_hash_deformation_steps_its_table_at_lr_and_its_mlp_at_deform_lr(video
     factor = math.sqrt(1 + 0.999) / (1 + 0.9)
     assert table == pytest.approx(0.01 * factor, rel=1e-3)
     assert first == pytest.approx(0.001 * factor, rel=1e-3)
+
+
+def test_compile_with_the_normal_losses_is_rejected():
+    with pytest.raises(ValueError, match="fit4d.compile cannot train the normal losses"):
+        tiny_cfg(compile="true", **{"loss.normal_smoothness": 0.1})
