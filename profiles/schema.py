@@ -828,7 +828,8 @@ class Fit4DConfig:
         if self.compile and (self.loss.normal > 0 or self.loss.normal_smoothness > 0):
             raise ValueError(
                 "fit4d.compile cannot train the normal losses (fit4d.loss.normal, normal_smoothness): they "
-                "differentiate the field twice, which torch.compile does not support; set one of them to 0"
+                "differentiate the field twice, which torch.compile does not support; set them to 0 or "
+                "fit4d.compile=false"
             )
         if min(self.stage1_iters, self.static_iters, self.stage2_iters) < 0:
             raise ValueError("fit4d iteration counts must be >= 0")
