@@ -40,6 +40,29 @@ def subsample_indices(num_vertices: int, max_points: int, seed: int = 0) -> np.n
     return np.sort(np.random.default_rng(seed).choice(num_vertices, size=max_points, replace=False))
 
 
+class VertexTrack:
+    """The same deterministic vertex subsample at every evaluated frame: evaluated vertices (V, 3) ->
+    float32 (P, 3). A vertex count that changes between frames fails the asset (`varying_topology`): the
+    subsample would no longer follow the same points."""
+
+    def __init__(self, max_points: int, over: str) -> None:
+        self.max_points, self.over = max_points, over
+        self.count = 0
+        self.index: np.ndarray | None = None
+
+    def sample(self, verts: np.ndarray) -> np.ndarray:
+        from blender_scripts.scene_io import AssetError
+
+        if self.index is None:
+            self.count = len(verts)
+            self.index = subsample_indices(self.count, self.max_points)
+        elif len(verts) != self.count:
+            raise AssetError(
+                "varying_topology", f"vertex count changes over {self.over} ({self.count} then {len(verts)})"
+            )
+        return verts[self.index].astype(np.float32)
+
+
 def measure_actions(job: RenderJob, asset: Any, out_dir: Path) -> dict[str, Any]:
     """Sample every action at render.clip.motion_samples uniform frames (render.clip.select most_motion).
 
@@ -50,7 +73,7 @@ def measure_actions(job: RenderJob, asset: Any, out_dir: Path) -> dict[str, Any]
 
     actions = asset.clip.actions
     arrays: dict[str, np.ndarray] = {}
-    index = None
+    track = VertexTrack(int(job.max_points), "the actions")
     for i, action in enumerate(actions):
         scene_io.apply_action(action["name"])
         lo, hi = action["frame_range"]
@@ -58,15 +81,7 @@ def measure_actions(job: RenderJob, asset: Any, out_dir: Path) -> dict[str, Any]
         positions = []
         for frame in frames:
             scene_io.set_frame(float(frame))
-            verts = np.concatenate(scene_io.evaluated_vertices(asset.meshes))
-            if index is None:
-                count = len(verts)
-                index = subsample_indices(count, int(job.max_points))
-            elif len(verts) != count:
-                raise scene_io.AssetError(
-                    "varying_topology", f"vertex count changes over the actions ({count} then {len(verts)})"
-                )
-            positions.append(verts[index].astype(np.float32))
+            positions.append(track.sample(np.concatenate(scene_io.evaluated_vertices(asset.meshes))))
         arrays[f"positions_{i}"] = np.stack(positions)
         arrays[f"frames_{i}"] = frames
     np.savez(out_dir / "actions.npz", **arrays)
@@ -102,20 +117,13 @@ def analyze(job: RenderJob) -> dict[str, Any]:
     orphan_rotation = orphan_skin_rotation_deg(gltf) if orphans else 0.0
     t_eval = time.perf_counter()
     positions, mins, maxs = [], [], []
-    index = None
+    track = VertexTrack(int(job.max_points), "the clip")
     for frame in asset.source_frames:
         scene_io.set_frame(float(frame))
         verts = np.concatenate(scene_io.evaluated_vertices(asset.meshes))
         if len(verts) == 0:
             raise scene_io.AssetError("no_mesh", f"the asset's meshes have no vertices at frame {frame}")
-        if index is None:
-            first_count = len(verts)
-            index = subsample_indices(first_count, int(job.max_points))
-        elif len(verts) != first_count:
-            raise scene_io.AssetError(
-                "varying_topology", f"vertex count changes over the clip ({first_count} then {len(verts)})"
-            )
-        positions.append(verts[index].astype(np.float32))
+        positions.append(track.sample(verts))
         mins.append(verts.min(0))
         maxs.append(verts.max(0))
     scene_io.set_frame(float(asset.source_frames[0]))
@@ -127,7 +135,7 @@ def analyze(job: RenderJob) -> dict[str, Any]:
         bbox_max=np.array(maxs),
         source_frames=asset.source_frames,
         times_s=asset.times_s,
-        vertex_index=index.astype(np.int64),
+        vertex_index=track.index.astype(np.int64),
     )
     t_end = time.perf_counter()
     return {
@@ -139,7 +147,7 @@ def analyze(job: RenderJob) -> dict[str, Any]:
         "num_vertices": int(nv),
         "num_faces": int(nf),
         "num_meshes": len(asset.meshes),
-        "num_points": len(index),
+        "num_points": len(track.index),
         "frames": asset.frames_json(),
         "has_animation": bool(asset.clip.has_animation),
         # viewers and Blender disagree on the orientation (blender_scripts/gltf_checks.py)

@@ -223,3 +223,20 @@ def test_scale_ratio_of_a_squash_and_stretch_stays_near_one():
     pos = np.stack(frames)
     m = motion_metrics(pos, None, pos.min(1), pos.max(1))
     assert m["scale_ratio"] < 1.15 and m["bbox_scale_ratio"] == pytest.approx(1.6, rel=1e-3)
+
+
+def test_vertex_track_keeps_one_subsample_and_fails_a_changing_vertex_count():
+    from blender_scripts.analyze_asset import VertexTrack
+    from blender_scripts.scene_io import AssetError
+
+    rng = np.random.default_rng(0)
+    track = VertexTrack(max_points=5, over="the clip")
+    first = rng.random((12, 3))
+    sampled = track.sample(first)
+    assert sampled.dtype == np.float32 and sampled.shape == (5, 3)
+    moved = first + 1.0
+    np.testing.assert_allclose(track.sample(moved), sampled + 1.0, rtol=1e-6)  # the same points again
+    with pytest.raises(
+        AssetError, match="varying_topology: vertex count changes over the clip \\(12 then 13\\)"
+    ):
+        track.sample(rng.random((13, 3)))
