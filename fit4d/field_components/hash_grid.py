@@ -85,9 +85,6 @@ class HashGrid(nn.Module):
         self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets[:-1], dtype=torch.int64), persistent=False)
         self.register_buffer("primes", torch.tensor(PRIMES[:dim], dtype=torch.int64), persistent=False)
-        # the 2^D cell corners as (2^D, D) offsets in {0, 1}
-        corners = torch.tensor([[(c >> d) & 1 for d in range(dim)] for c in range(2**dim)], dtype=torch.int64)
-        self.register_buffer("corners", corners, persistent=False)
         self.table = nn.Parameter(
             torch.empty(offsets[-1], features_per_level).uniform_(-init_scale, init_scale)
         )
@@ -96,14 +93,19 @@ class HashGrid(nn.Module):
     def output_dim(self) -> int:
         return self.num_levels * self.features_per_level
 
-    def corner_indices(self, cell: torch.Tensor) -> torch.Tensor:
-        """Integer corners (N, L, 2^D, D) -> rows of `table` (N, L, 2^D): dense or hashed per level."""
-        dense_idx = (cell * self.strides[:, None, :]).sum(-1)
-        hashed = cell[..., 0] * self.primes[0]
+    def corner_indices(self, base: torch.Tensor) -> torch.Tensor:
+        """Lower cell corners (N, L, D) -> the rows of `table` of the cell's 2^D corners (N, L, 2^D), dense
+        or hashed per level; corner c has bit d of c set where it is the upper corner along axis d."""
+        coords = torch.stack([base, base + 1], -1)  # (N, L, D, 2)
+        # per axis and side first, then combined corner by corner (axis 0 the lowest bit of the corner
+        # number): 2 D products per level instead of D 2^D
+        dense_terms = coords * self.strides[None, :, :, None]
+        hash_terms = coords * self.primes[None, None, :, None]
+        dense, hashed = dense_terms[:, :, 0], hash_terms[:, :, 0]  # (N, L, 2)
         for d in range(1, self.dim):
-            hashed = hashed ^ (cell[..., d] * self.primes[d])
-        hashed = torch.remainder(hashed, self.table_size)
-        local = torch.where(self.dense[:, None], dense_idx, hashed)
+            dense = (dense[..., None, :] + dense_terms[:, :, d, :, None]).flatten(-2)
+            hashed = (hashed[..., None, :] ^ hash_terms[:, :, d, :, None]).flatten(-2)
+        local = torch.where(self.dense[:, None], dense, torch.remainder(hashed, self.table_size))
         return local + self.offsets[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,13 +115,12 @@ class HashGrid(nn.Module):
         # points at the upper face belong to the last cell, so the corner index never exceeds N_l
         base = torch.minimum(pos.floor().long(), self.resolutions[None] - 1)
         frac = pos - base.to(pos.dtype)  # (N, L, D)
-        cell = base[:, :, None, :] + self.corners[None, None]  # (N, L, 2^D, D)
-        idx = self.corner_indices(cell)  # (N, L, 2^D)
-        c = self.corners.to(x.dtype)  # (2^D, D)
-        a = frac[:, :, None, :] * c + (1 - frac[:, :, None, :]) * (1 - c)  # (N, L, 2^D, D)
-        w = a[..., 0]  # explicit product: prod's backward is slow
+        idx = self.corner_indices(base)  # (N, L, 2^D)
+        # multilinear weights built like the indices: prod over axes of (1 - frac, frac)[bit]
+        sides = torch.stack([1 - frac, frac], -1)  # (N, L, D, 2)
+        w = sides[:, :, 0]
         for d in range(1, self.dim):
-            w = w * a[..., d]
+            w = (w[..., None, :] * sides[:, :, d, :, None]).flatten(-2)  # (N, L, 2^(d+1))
         feats = self.table[idx]  # (N, L, 2^D, F)
         out = (feats * w[..., None]).sum(2)  # (N, L, F)
         return out.reshape(x.shape[0], self.output_dim)
