@@ -765,7 +765,8 @@ class Fit4DConfig:
     resolution: int = 0
     """Fit at this image side (targets resized by area averaging; 0: the sample's own resolution)."""
     lr: float = 0.01
-    """Adam learning rate of every parameter (paper: 0.01)."""
+    """Adam learning rate of the hash tables and the canonical MLPs (paper: 0.01 for every parameter;
+    the deformation MLP's weights take deform_lr)."""
     deform_lr: float = 1e-3
     """Adam learning rate of the deformation MLP's weights (decayed as lr; a hash encoding's table of the
     deformation trains at lr). At lr (0.01) the frequency-encoded MLP's ReLU units die within

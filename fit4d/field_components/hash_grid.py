@@ -66,14 +66,11 @@ class HashGrid(nn.Module):
         self.num_levels = num_levels
         self.features_per_level = features_per_level
         self.table_size = 2**log2_hashmap_size
-        sizes, dense = [], []
+        offsets, dense = [0], []
         for r in res:
             vertices = math.prod(n + 1 for n in r)
             dense.append(vertices <= self.table_size)
-            sizes.append(min(vertices, self.table_size))
-        offsets = [0]
-        for size in sizes:
-            offsets.append(offsets[-1] + size)
+            offsets.append(offsets[-1] + min(vertices, self.table_size))
         resolutions = torch.tensor(res, dtype=torch.int64)  # (L, D)
         # mixed-radix strides of the dense index: prod_{e < d} (N_e + 1)
         strides = torch.cumprod(
@@ -82,7 +79,6 @@ class HashGrid(nn.Module):
         self.register_buffer("resolutions", resolutions, persistent=False)
         self.register_buffer("strides", strides[:, :dim], persistent=False)
         self.register_buffer("dense", torch.tensor(dense), persistent=False)
-        self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets[:-1], dtype=torch.int64), persistent=False)
         self.register_buffer("primes", torch.tensor(PRIMES[:dim], dtype=torch.int64), persistent=False)
         self.table = nn.Parameter(
