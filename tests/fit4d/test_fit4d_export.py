@@ -41,14 +41,19 @@ class SphereNeRF(DynamicNeRF):
         return torch.cat([1 - u, u, torch.zeros_like(u)], -1)
 
 
-@pytest.fixture(scope="module")
-def sphere_model():
+def sphere_nerf(deformation: nn.Module) -> SphereNeRF:
+    """The analytic sphere moved by `deformation` (its own field's networks are tiny and unused)."""
     cfg = Fit4DFieldConfig(
         num_levels=2, log2_hashmap_size=8, base_resolution=2, max_resolution=4, hidden_dim=8
     )
     model = SphereNeRF(cfg)
-    model.deformation = Translate()
+    model.deformation = deformation
     return model
+
+
+@pytest.fixture(scope="module")
+def sphere_model():
+    return sphere_nerf(Translate())
 
 
 def test_marching_cubes_sphere_radius_and_outward_faces():
@@ -217,11 +222,7 @@ def test_a_hash_deformation_learns_a_motion_the_exporter_inverts():
         loss.backward()
         opt.step()
     assert loss.item() < 1e-5
-    cfg = Fit4DFieldConfig(
-        num_levels=2, log2_hashmap_size=8, base_resolution=2, max_resolution=4, hidden_dim=8
-    )
-    model = SphereNeRF(cfg)
-    model.deformation = deform
+    model = sphere_nerf(deform)
     canon = canonical_mesh(model, 32, 50.0)
     pos, resid = deform_to_frame(model, canon.vertices, 1.0)
     assert resid < 1e-3
