@@ -70,6 +70,9 @@ def compile_field(model: torch.nn.Module, backend: str = "inductor") -> Callable
     import torch._functorch.config as functorch_config
 
     functorch_config.donated_buffer = False
+    # a fit compiles a handful of graphs (static / dynamic part, with and without grad, with normals);
+    # past the default limit of 8 dynamo silently falls back to eager
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(model, dynamic=True, backend=backend)
 
 
@@ -238,10 +241,10 @@ class Fitter:
         self.optimizer.step()
         with torch.no_grad():
             psnr = -10.0 * torch.log10(((pred - target) ** 2).mean().clamp(min=1e-10))
-        record = {k: float(v.detach()) for k, v in losses.items()}
-        record["total"] = float(total.detach())
-        record["psnr"] = float(psnr)
-        return record
+        # one device-to-host copy for the whole record (each float() would wait for the GPU)
+        names = [*losses, "total", "psnr"]
+        values = torch.stack([*(v.detach() for v in losses.values()), total.detach(), psnr]).tolist()
+        return dict(zip(names, values, strict=True))
 
     def set_lr(self, it: int, total: int) -> None:
         """Exponential decay of each group's rate (lr; deform_lr for the deformation) to lr_final_frac of

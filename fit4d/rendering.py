@@ -100,8 +100,10 @@ def render_rays(
     if occupied is not None:
         keep = keep & occupied(pts.reshape(-1, 3)).reshape(t.shape)
     flat = keep.reshape(-1)
-    x = pts.reshape(-1, 3)[flat]
-    tt = times[:, None].expand_as(t).reshape(-1)[flat][:, None]
+    # one nonzero (one host sync) serves the gather of the samples and the scatter of their outputs
+    where = flat.nonzero()[:, 0]
+    x = pts.reshape(-1, 3).index_select(0, where)
+    tt = times[:, None].expand_as(t).reshape(-1).index_select(0, where)[:, None]
     sigma = torch.zeros(flat.shape[0], device=pts.device, dtype=pts.dtype)
     rgb = torch.zeros(flat.shape[0], 3, device=pts.device, dtype=pts.dtype)
     normals = None
@@ -113,10 +115,9 @@ def render_rays(
             (grad,) = torch.autograd.grad(s.sum(), x, create_graph=create_graph, retain_graph=True)
         n = -grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         normals = torch.zeros(flat.shape[0], 3, device=pts.device, dtype=pts.dtype)
-        normals = normals.index_put((flat.nonzero()[:, 0],), n.to(pts.dtype)).reshape(*t.shape, 3)
+        normals = normals.index_put((where,), n.to(pts.dtype)).reshape(*t.shape, 3)
     else:
         s, c = field_fn(x, tt)
-    where = flat.nonzero()[:, 0]
     sigma = sigma.index_put((where,), s.to(pts.dtype)).reshape(t.shape)
     rgb = rgb.index_put((where,), c.to(pts.dtype)).reshape(*t.shape, 3)
     out = composite(sigma, rgb, t, deltas, background, normals)

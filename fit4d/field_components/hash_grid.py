@@ -25,6 +25,30 @@ from torch import nn
 PRIMES = (1, 2654435761, 805459861, 3674653429)
 
 
+class _GatherRows(torch.autograd.Function):
+    """table[idx] whose backward scatters with index_add (atomic adds on CUDA). The backward of plain
+    indexing is index_put(accumulate=True), which sorts every index on CUDA: 42% of a fit iteration's
+    GPU time on the H200 (benchmarks/RESULTS.md, fit4d). The backward is itself differentiable (the
+    source gradient of index_add is a gather), so the normal losses' second derivative still works."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.num_rows = table.shape[0]
+        return table.index_select(0, idx.reshape(-1)).reshape(*idx.shape, table.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (idx,) = ctx.saved_tensors
+        flat = grad.reshape(idx.numel(), -1)
+        return flat.new_zeros(ctx.num_rows, flat.shape[1]).index_add(0, idx.reshape(-1), flat), None
+
+
+def gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table (T, F), idx (...) int64 -> (..., F), the table's gradient accumulated by index_add."""
+    return _GatherRows.apply(table, idx)
+
+
 def level_resolutions(num_levels: int, base_resolution: int, max_resolution: int) -> list[int]:
     """N_l = floor(N_min * b^l), b = (N_max / N_min)^(1 / (L - 1)) (one level: N_min)."""
     if num_levels == 1:
@@ -117,6 +141,6 @@ class HashGrid(nn.Module):
         w = sides[:, :, 0]
         for d in range(1, self.dim):
             w = (w[..., None, :] * sides[:, :, d, :, None]).flatten(-2)  # (N, L, 2^(d+1))
-        feats = self.table[idx]  # (N, L, 2^D, F)
+        feats = gather_rows(self.table, idx)  # (N, L, 2^D, F)
         out = (feats * w[..., None]).sum(2)  # (N, L, F)
         return out.reshape(x.shape[0], self.output_dim)
