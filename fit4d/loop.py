@@ -197,6 +197,7 @@ class Fitter:
             create_graph=create_graph,
             perturb=True,
             background=cfg.render.background,
+            early_stop_eps=cfg.render.early_stop_eps,
         )
         shape = rows_t.shape
         target = self.rgb[v_t, f_t, rows_t, cols_t]  # (B, P, P, 3)
@@ -370,6 +371,8 @@ class Fitter:
                 occupied=self.occupancy,
                 with_normals=with_normals,
                 background=self.cfg.render.background,
+                # the normals' derivative makes the pruning pass pay; plain renders take one pass
+                early_stop_eps=self.cfg.render.early_stop_eps if with_normals else 0.0,
             )
             for k in ("rgb", "opacity", "depth", "normal"):
                 if k in out:

@@ -45,6 +45,12 @@ def stratified_samples(
     return t, width.expand_as(t)
 
 
+def transmittance(tau: torch.Tensor) -> torch.Tensor:
+    """Optical depths (R, S) -> transmittance before each sample (R, S), exp(-sum_{j<i} tau_j), via a
+    cumsum of optical depth (stable, differentiable)."""
+    return torch.exp(-torch.cumsum(torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], 1), 1))
+
+
 def composite(
     sigma: torch.Tensor,
     rgb: torch.Tensor,
@@ -57,9 +63,7 @@ def composite(
     depth (R,), weights (R, S)[, normal (R, 3)]."""
     tau = sigma * deltas
     alpha = 1.0 - torch.exp(-tau)
-    # exclusive cumulative transmittance, via a cumsum of optical depth (stable, differentiable)
-    trans = torch.exp(-torch.cumsum(torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], 1), 1))
-    weights = alpha * trans
+    weights = alpha * transmittance(tau)
     opacity = weights.sum(-1)
     out = {
         "rgb": (weights[..., None] * rgb).sum(1) + (1.0 - opacity)[:, None] * background,
@@ -86,12 +90,18 @@ def render_rays(
     perturb: bool = False,
     background: float = 1.0,
     generator=None,
+    early_stop_eps: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Render rays (R, 3) at times (R,) through the box [-bound, bound]^3.
 
     The field runs only at samples inside the box and, with `occupied` (points (N, 3) -> bool (N,)), in
     occupied cells; empty samples have sigma 0. `with_normals` adds analytic normals (R, 3) (unnormalized
     blends of unit normals); `create_graph` keeps them differentiable for losses on normals.
+
+    `early_stop_eps` > 0 first evaluates the occupied samples without gradients and drops those whose
+    transmittance is already below it (behind the visible surface: together they add less than eps to any
+    output), then runs the field with gradients and normals on the rest only; worth it where gradients or
+    normals make the second pass dearer than the first (training).
     """
     t_near, t_far, hit = ray_aabb(origins, dirs, bound)
     t, deltas = stratified_samples(t_near, t_far, num_samples, perturb, generator)
@@ -104,6 +114,14 @@ def render_rays(
     where = flat.nonzero()[:, 0]
     x = pts.reshape(-1, 3).index_select(0, where)
     tt = times[:, None].expand_as(t).reshape(-1).index_select(0, where)[:, None]
+    if early_stop_eps > 0:
+        with torch.no_grad():
+            s0, _ = field_fn(x, tt)
+            tau = torch.zeros(flat.shape[0], device=pts.device, dtype=pts.dtype)
+            tau = tau.index_put((where,), s0.to(pts.dtype)).reshape(t.shape) * deltas
+            before = transmittance(tau).reshape(-1).index_select(0, where)
+        alive = before >= early_stop_eps
+        where, x, tt = where[alive], x[alive], tt[alive]
     sigma = torch.zeros(flat.shape[0], device=pts.device, dtype=pts.dtype)
     rgb = torch.zeros(flat.shape[0], 3, device=pts.device, dtype=pts.dtype)
     normals = None

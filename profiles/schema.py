@@ -698,10 +698,15 @@ class Fit4DRenderConfig:
     """Iterations before the first update (the grid starts all occupied)."""
     background: float = 1.0
     """Grey level composited behind the object (targets are composited on the same)."""
+    early_stop_eps: float = 1e-4
+    """Training rays skip the samples whose transmittance is below this (found by a no-gradient pass
+    first): behind the surface, they change no pixel by more than it. 0: every occupied sample."""
 
     def validate(self) -> None:
         if self.num_samples < 2 or self.occupancy_resolution < 2 or self.occupancy_update_every < 1:
             raise ValueError("fit4d.render: num_samples, occupancy_resolution >= 2, update_every >= 1")
+        if not 0.0 <= self.early_stop_eps < 1.0:
+            raise ValueError(f"fit4d.render.early_stop_eps must be in [0, 1), got {self.early_stop_eps}")
 
 
 @dataclass

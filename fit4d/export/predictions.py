@@ -144,7 +144,7 @@ def render_on_white(
     under one 8-bit level); the field runs on at most `max_points` points per call, over all cameras and
     times at once. Equal to `render_rays(..., background=1)` up to `min_transmittance`.
     """
-    from fit4d.rendering import ray_aabb, stratified_samples
+    from fit4d.rendering import ray_aabb, stratified_samples, transmittance
 
     n = origins.shape[0]
     dev, dtype = origins.device, origins.dtype
@@ -177,7 +177,7 @@ def render_on_white(
                 rgb[flat[sl]] = cl.to(dtype)
         tau = sigma.reshape(t.shape) * deltas
         # transmittance before each sample: the ray's so far times exp(-optical depth) within the segment
-        before = torch.exp(-torch.cumsum(torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], 1), 1))
+        before = transmittance(tau)
         weights = trans[active, None] * before * (1.0 - torch.exp(-tau))
         out[active] += (weights[..., None] * rgb.reshape(*t.shape, 3)).sum(1)
         trans[active] = trans[active] * torch.exp(-tau.sum(1))

@@ -245,6 +245,49 @@ def test_visibility_weights_on_a_sphere_match_v_dot_n():
     assert visibility_weights(d, n).tolist() == [1.0, 0.0, 0.0]
 
 
+def test_early_stop_renders_the_same_from_a_fraction_of_the_gradient_samples():
+    """early_stop_eps: the samples behind an opaque sphere's surface (transmittance < eps) leave the
+    gradient pass; colour, opacity, depth, normals and the colour parameter's gradient (the sum of the
+    weights) stay within what they could add, and the pass with gradients sees under half the points."""
+    r = 0.4
+    c2w = torch.from_numpy(c2w_opencv(20.0, 30.0, 2.0)).float()
+    K = torch.tensor([[60.0, 0, 16], [0, 60.0, 16], [0, 0, 1]])
+    origins, dirs = image_rays(c2w, K, 32, 32)
+    tint = torch.tensor(0.5, requires_grad=True)
+    counts: list[tuple[int, bool]] = []
+
+    def field(x: torch.Tensor, t: torch.Tensor):
+        counts.append((x.shape[0], torch.is_grad_enabled()))
+        sigma = 5e3 * torch.sigmoid((r - x.norm(dim=-1)) / 1e-2)
+        rgb = torch.stack([tint + 0.5 * x[:, 0], 0.5 + 0.5 * x[:, 1], 0.5 + 0.5 * x[:, 2]], -1)
+        return sigma, rgb
+
+    outs, grads, grad_points = [], [], []
+    for eps in (0.0, 1e-4):
+        counts.clear()
+        out = render_rays(
+            field,
+            origins,
+            dirs,
+            torch.zeros(len(dirs)),
+            0.5,
+            512,
+            occupied=lambda x: x.norm(dim=-1) < r + 0.05,  # an occupancy grid's shell around the sphere
+            with_normals=True,
+            early_stop_eps=eps,
+        )
+        (g,) = torch.autograd.grad(out["rgb"].sum(), tint)
+        outs.append(out)
+        grads.append(float(g))
+        grad_points.append(sum(n for n, with_grad in counts if with_grad))
+    full, pruned = outs
+    for key in ("rgb", "opacity", "normal"):
+        assert (full[key] - pruned[key]).abs().max() < 1e-4 * 3, key
+    assert (full["depth"] - pruned["depth"]).abs().max() < 1e-4 * 3
+    assert abs(grads[1] - grads[0]) < 1e-4 * len(dirs)
+    assert grad_points[1] < 0.5 * grad_points[0]
+
+
 def test_weighted_mse_ignores_zero_weight_pixels():
     pred, target = torch.zeros(2, 3), torch.tensor([[1.0, 1, 1], [0.5, 0.5, 0.5]])
     assert weighted_mse(pred, target, torch.tensor([0.0, 1.0])).item() == pytest.approx(0.125)
