@@ -245,7 +245,10 @@ class Fitter:
         # one device-to-host copy for the whole record (each float() would wait for the GPU)
         names = [*losses, "total", "psnr"]
         values = torch.stack([*(v.detach() for v in losses.values()), total.detach(), psnr]).tolist()
-        return dict(zip(names, values, strict=True))
+        record = dict(zip(names, values, strict=True))
+        # what an iteration costs grows with this (the occupied samples the field ran on with gradients)
+        record["samples"] = int(out["field_samples"])
+        return record
 
     def set_lr(self, it: int, total: int) -> None:
         """Exponential decay of each group's rate (lr; deform_lr for the deformation) to lr_final_frac of

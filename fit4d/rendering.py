@@ -140,4 +140,5 @@ def render_rays(
     rgb = rgb.index_put((where,), c.to(pts.dtype)).reshape(*t.shape, 3)
     out = composite(sigma, rgb, t, deltas, background, normals)
     out["hit"] = hit
+    out["field_samples"] = torch.tensor(where.numel())  # the samples the (last) field pass ran on
     return out

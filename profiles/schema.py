@@ -698,9 +698,10 @@ class Fit4DRenderConfig:
     """Iterations before the first update (the grid starts all occupied)."""
     background: float = 1.0
     """Grey level composited behind the object (targets are composited on the same)."""
-    early_stop_eps: float = 1e-4
-    """Training rays skip the samples whose transmittance is below this (found by a no-gradient pass
-    first): behind the surface, they change no pixel by more than it. 0: every occupied sample."""
+    early_stop_eps: float = 0.0
+    """> 0: training rays skip the samples whose transmittance is below this (found by a no-gradient pass
+    first): behind the surface, they change no pixel by more than it. Off by default: at 1e-4 the dense Fox
+    fit's stage 1 took ~15% longer on the H200 (128 samples per ray; benchmarks/RESULTS.md, fit4d)."""
 
     def validate(self) -> None:
         if self.num_samples < 2 or self.occupancy_resolution < 2 or self.occupancy_update_every < 1:

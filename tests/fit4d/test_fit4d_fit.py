@@ -130,6 +130,19 @@ def test_static_part_fits_frame_zero_with_the_deformation_frozen(sphere_video):
     )
 
 
+def test_iteration_records_count_the_samples_the_field_ran_on(sphere_video):
+    """`samples` in each loss record: whole rays while the occupancy grid is all occupied (every ray through
+    the box has num_samples), fewer once half the grid is empty."""
+    fitter = Fitter(sphere_video, tiny_cfg())
+    views, frames = fitter.sample_batch(0, 10, static=True)
+    full = fitter.step(views, frames, static=True)["samples"]
+    rays = len(views) * fitter.cfg.patch_size**2
+    assert full % fitter.cfg.render.num_samples == 0 and 0 < full <= rays * fitter.cfg.render.num_samples
+    fitter.occupancy.grid[: fitter.occupancy.resolution // 2] = False
+    half = fitter.step(views, frames, static=True)["samples"]
+    assert 0 < half < full
+
+
 def test_progressive_window_starts_at_the_first_frames(sphere_video):
     fitter = Fitter(sphere_video, tiny_cfg(window_start=1, frames_per_iter=3))
     views, frames = fitter.sample_batch(0, 100, static=False)
