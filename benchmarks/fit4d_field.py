@@ -9,6 +9,7 @@ training step), and forward + d sigma / dx + backward (the iterations with analy
   canonical   the 3D hash grid + density/colour MLPs, no deformation (stage 1's static part)
   frequency   the same with D-NeRF's deformation MLP (128 x 3 on sin/cos octaves)
   hash        the same with the 4D hash deformation (MLP 64 x 2), the sv4d2 profile's
+  hash_triton the hash field with both encodings in the fused Triton kernels (CUDA only; eager)
 each eager and, on CUDA unless --no-compile, through fit4d.loop.compile_field. Prints a table; --json
 saves it.
 Decides whether a fused 4D hash kernel (Triton) pays before one is written.
@@ -26,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fit4d.field_components import hash_kernels  # noqa: E402
 from fit4d.fields import DynamicNeRF  # noqa: E402
 from fit4d.loop import compile_field  # noqa: E402
 from profiles.load import load_profile  # noqa: E402
@@ -38,6 +40,8 @@ VARIANTS = {
         "fit4d.nerf.deform_layers=3",
     ],
     "hash": [],
+    # the same field through the fused Triton kernels (fit4d/field_components/hash_kernels.py), eager only
+    "hash_triton": ["fit4d.nerf.hash_kernel=triton"],
 }
 
 
@@ -88,13 +92,16 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for name, sets in VARIANTS.items():
+        if name == "hash_triton" and not hash_kernels.available(dev):
+            print("hash_triton: skipped (needs CUDA and the triton package)")
+            continue
         cfg = load_profile(args.profile, sets).fit4d.nerf
         model = DynamicNeRF(cfg).to(dev)
         model.dynamic = name != "canonical"
         x = (torch.rand(args.points, 3, device=dev) * 2 - 1) * cfg.bound * 0.9
         t = torch.rand(args.points, 1, device=dev)
         rows.append({**measure(name, model, model, x, t, dev, args.repeats), "compiled": False})
-        if dev.type == "cuda" and not args.no_compile:
+        if dev.type == "cuda" and not args.no_compile and name != "hash_triton":
             rows.append(
                 {**measure(name, compile_field(model), model, x, t, dev, args.repeats), "compiled": True}
             )

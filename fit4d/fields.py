@@ -32,6 +32,7 @@ class DynamicNeRF(nn.Module):
             cfg.log2_hashmap_size,
             cfg.base_resolution,
             cfg.max_resolution,
+            kernel=cfg.hash_kernel,
         )
         self.geo_feat_dim = cfg.geo_feat_dim
         self.density_mlp = MLP(self.encoding.output_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim)
@@ -47,6 +48,7 @@ class DynamicNeRF(nn.Module):
                 cfg.deform_time_resolution,
                 cfg.deform_hidden_dim,
                 cfg.deform_layers,
+                kernel=cfg.hash_kernel,
             )
         else:
             self.deformation = DeformationMLP(

@@ -664,6 +664,10 @@ class Fit4DFieldConfig:
     """Spatial resolution of the 4D grid's coarsest and finest levels."""
     deform_time_resolution: int = 8
     """Cells over the clip's time [0, 1] at the finest level (coarser levels have fewer, down to 2)."""
+    hash_kernel: Literal["torch", "triton"] = "torch"
+    """Hash encodings on CUDA: torch (PyTorch ops, any device, twice differentiable) or triton (fused
+    kernels, fit4d/field_components/hash_kernels.py; needs the triton package; CPU tensors still take the
+    PyTorch path; not with the normal losses, which differentiate the field twice)."""
 
     def validate(self) -> None:
         if self.bound <= 0:
@@ -680,6 +684,8 @@ class Fit4DFieldConfig:
             raise ValueError("fit4d.nerf: need 2 <= deform_base_resolution <= deform_max_resolution")
         if self.deform_num_levels < 1 or self.deform_time_resolution < 1:
             raise ValueError("fit4d.nerf: deform_num_levels and deform_time_resolution must be >= 1")
+        if self.hash_kernel == "triton" and self.features_per_level & (self.features_per_level - 1):
+            raise ValueError("fit4d.nerf.hash_kernel=triton needs features_per_level a power of 2")
 
 
 @dataclass
@@ -846,6 +852,11 @@ class Fit4DConfig:
                 "fit4d.compile cannot train the normal losses (fit4d.loss.normal, normal_smoothness): they "
                 "differentiate the field twice, which torch.compile does not support; set them to 0 or "
                 "fit4d.compile=false"
+            )
+        if self.nerf.hash_kernel == "triton" and (self.loss.normal > 0 or self.loss.normal_smoothness > 0):
+            raise ValueError(
+                "fit4d.nerf.hash_kernel=triton cannot train the normal losses (fit4d.loss.normal, "
+                "normal_smoothness): its kernels are differentiable once; set them to 0 or hash_kernel=torch"
             )
         if min(self.stage1_iters, self.static_iters, self.stage2_iters) < 0:
             raise ValueError("fit4d iteration counts must be >= 0")

@@ -53,6 +53,7 @@ class HashDeformation(nn.Module):
         time_resolution: int = 8,
         hidden_dim: int = 64,
         num_layers: int = 2,
+        kernel: str = "torch",
     ) -> None:
         super().__init__()
         space = level_resolutions(num_levels, base_resolution, max_resolution)
@@ -62,6 +63,7 @@ class HashDeformation(nn.Module):
             features_per_level,
             log2_hashmap_size,
             axis_resolutions=[[s, s, s, f] for s, f in zip(space, time, strict=True)],
+            kernel=kernel,
         )
         self.net = MLP(self.encoding.output_dim, hidden_dim, 3, num_hidden=num_layers)
         _zero_last_layer(self.net)

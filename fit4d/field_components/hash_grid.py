@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fit4d.field_components import hash_kernels
+
 PRIMES = (1, 2654435761, 805459861, 3674653429)
 
 
@@ -75,8 +77,13 @@ class HashGrid(nn.Module):
         init_scale: float = 1e-4,
         dim: int = 3,
         axis_resolutions: Sequence[Sequence[int]] | None = None,
+        kernel: str = "torch",
     ) -> None:
         super().__init__()
+        if kernel == "triton" and hash_kernels.triton is None:
+            raise RuntimeError("fit4d.nerf.hash_kernel=triton needs the triton package (pip install triton)")
+        self.kernel = kernel
+        """torch, or triton: the fused kernels on CUDA (fit4d/field_components/hash_kernels.py)."""
         if axis_resolutions is None:
             per_level = level_resolutions(num_levels, base_resolution, max_resolution)
             axis_resolutions = [[r] * dim for r in per_level]
@@ -129,6 +136,8 @@ class HashGrid(nn.Module):
         return local + self.offsets[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "triton" and hash_kernels.available(x.device):
+            return hash_kernels.hash_encode(x, self)
         x = x.float().clamp(0.0, 1.0)
         res = self.resolutions.to(x.dtype)  # (L, D)
         pos = x[:, None, :] * res[None]  # (N, L, D)
