@@ -67,6 +67,29 @@ if triton is not None:
         return base, pos - base.to(tl.float32), r.to(tl.float32)
 
     @triton.jit
+    def _cells(x_ptr, offs, mask, lvl, res_ptr, D: tl.constexpr):
+        """`_cell` along each axis (a 4th axis of zeros for D = 3): b0, f0, r0, ..., b3, f3, r3."""
+        b0, f0, r0 = _cell(x_ptr, offs, mask, 0, lvl, res_ptr, D)
+        b1, f1, r1 = _cell(x_ptr, offs, mask, 1, lvl, res_ptr, D)
+        b2, f2, r2 = _cell(x_ptr, offs, mask, 2, lvl, res_ptr, D)
+        b3, f3, r3 = b0 * 0, f0 * 0.0, r0 * 0.0
+        if D == 4:
+            b3, f3, r3 = _cell(x_ptr, offs, mask, 3, lvl, res_ptr, D)
+        return b0, f0, r0, b1, f1, r1, b2, f2, r2, b3, f3, r3
+
+    @triton.jit
+    def _sides(c: tl.constexpr, f0, f1, f2, f3, D: tl.constexpr):
+        """Corner c's multilinear factor per axis: frac where bit d of c is set, else 1 - frac (1 on the
+        4th axis of a 3D grid); their product is the corner's weight."""
+        s0 = tl.where((c & 1) != 0, f0, 1.0 - f0)
+        s1 = tl.where(((c >> 1) & 1) != 0, f1, 1.0 - f1)
+        s2 = tl.where(((c >> 2) & 1) != 0, f2, 1.0 - f2)
+        s3 = f0 * 0.0 + 1.0
+        if D == 4:
+            s3 = tl.where(((c >> 3) & 1) != 0, f3, 1.0 - f3)
+        return s0, s1, s2, s3
+
+    @triton.jit
     def _hash_fwd(
         x_ptr, table_ptr, out_ptr, res_ptr, strides_ptr, dense_ptr, offsets_ptr, N, T,
         L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
@@ -75,18 +98,11 @@ if triton is not None:
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
         mask = offs < N
         fs = tl.arange(0, F)
-        b0, f0, _ = _cell(x_ptr, offs, mask, 0, lvl, res_ptr, D)
-        b1, f1, _ = _cell(x_ptr, offs, mask, 1, lvl, res_ptr, D)
-        b2, f2, _ = _cell(x_ptr, offs, mask, 2, lvl, res_ptr, D)
-        b3, f3 = b0 * 0, f0 * 0.0
-        if D == 4:
-            b3, f3, _ = _cell(x_ptr, offs, mask, 3, lvl, res_ptr, D)
+        b0, f0, r0, b1, f1, r1, b2, f2, r2, b3, f3, r3 = _cells(x_ptr, offs, mask, lvl, res_ptr, D)
         acc = tl.zeros((BLOCK, F), dtype=tl.float32)
         for c in tl.static_range(2**D):
-            w = tl.where((c & 1) != 0, f0, 1.0 - f0) * tl.where(((c >> 1) & 1) != 0, f1, 1.0 - f1)
-            w = w * tl.where(((c >> 2) & 1) != 0, f2, 1.0 - f2)
-            if D == 4:
-                w = w * tl.where(((c >> 3) & 1) != 0, f3, 1.0 - f3)
+            s0, s1, s2, s3 = _sides(c, f0, f1, f2, f3, D)
+            w = s0 * s1 * s2 * s3
             row = _corner_row(
                 b0 + (c & 1), b1 + ((c >> 1) & 1), b2 + ((c >> 2) & 1), b3 + ((c >> 3) & 1),
                 lvl, res_ptr, strides_ptr, dense_ptr, offsets_ptr, T, D,
@@ -105,22 +121,14 @@ if triton is not None:
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
         mask = offs < N
         fs = tl.arange(0, F)
-        b0, f0, r0 = _cell(x_ptr, offs, mask, 0, lvl, res_ptr, D)
-        b1, f1, r1 = _cell(x_ptr, offs, mask, 1, lvl, res_ptr, D)
-        b2, f2, r2 = _cell(x_ptr, offs, mask, 2, lvl, res_ptr, D)
-        b3, f3, r3 = b0 * 0, f0 * 0.0, r0 * 0.0
-        if D == 4:
-            b3, f3, r3 = _cell(x_ptr, offs, mask, 3, lvl, res_ptr, D)
+        b0, f0, r0, b1, f1, r1, b2, f2, r2, b3, f3, r3 = _cells(x_ptr, offs, mask, lvl, res_ptr, D)
         g = tl.load(grad_ptr + offs[:, None] * (L * F) + lvl * F + fs[None, :], mask=mask[:, None], other=0.0)
         gx0 = tl.zeros((BLOCK,), dtype=tl.float32)
         gx1 = tl.zeros((BLOCK,), dtype=tl.float32)
         gx2 = tl.zeros((BLOCK,), dtype=tl.float32)
         gx3 = tl.zeros((BLOCK,), dtype=tl.float32)
         for c in tl.static_range(2**D):
-            s0 = tl.where((c & 1) != 0, f0, 1.0 - f0)
-            s1 = tl.where(((c >> 1) & 1) != 0, f1, 1.0 - f1)
-            s2 = tl.where(((c >> 2) & 1) != 0, f2, 1.0 - f2)
-            s3 = tl.where(((c >> 3) & 1) != 0, f3, 1.0 - f3) if D == 4 else f0 * 0.0 + 1.0
+            s0, s1, s2, s3 = _sides(c, f0, f1, f2, f3, D)
             row = _corner_row(
                 b0 + (c & 1), b1 + ((c >> 1) & 1), b2 + ((c >> 2) & 1), b3 + ((c >> 3) & 1),
                 lvl, res_ptr, strides_ptr, dense_ptr, offsets_ptr, T, D,
