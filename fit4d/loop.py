@@ -377,7 +377,7 @@ class Fitter:
                 occupied=self.occupancy,
                 with_normals=with_normals,
                 background=self.cfg.render.background,
-                # the normals' derivative makes the pruning pass pay; plain renders take one pass
+                # a pruning pass can only pay where normals make the second pass dear
                 early_stop_eps=self.cfg.render.early_stop_eps if with_normals else 0.0,
             )
             for k in ("rgb", "opacity", "depth", "normal"):

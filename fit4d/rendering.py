@@ -100,8 +100,8 @@ def render_rays(
 
     `early_stop_eps` > 0 first evaluates the occupied samples without gradients and drops those whose
     transmittance is already below it (behind the visible surface: together they add less than eps to any
-    output), then runs the field with gradients and normals on the rest only; worth it where gradients or
-    normals make the second pass dearer than the first (training).
+    output), then runs the field with gradients and normals on the rest only. It pays only where few
+    samples per ray lie in front of the surface (at 128 samples per ray the dense Fox fit was slower).
     """
     t_near, t_far, hit = ray_aabb(origins, dirs, bound)
     t, deltas = stratified_samples(t_near, t_far, num_samples, perturb, generator)
