@@ -758,7 +758,7 @@ class Fit4DLossConfig:
         if self.deform_l2_points < 1:
             raise ValueError("fit4d.loss.deform_l2_points must be >= 1")
         weights = (self.mse, self.lpips, self.mask, self.normal, self.smooth_depth, self.normal_smoothness)
-        weights += (self.deform_l2,)
+        weights = (*weights, self.deform_l2)
         if min(weights) < 0:
             raise ValueError("fit4d.loss weights must be >= 0")
         if self.normal_estimator == "omnidata" and not self.omnidata_checkpoint:
@@ -852,6 +852,10 @@ class Fit4DConfig:
                 "fit4d.compile cannot train the normal losses (fit4d.loss.normal, normal_smoothness): they "
                 "differentiate the field twice, which torch.compile does not support; set them to 0 or "
                 "fit4d.compile=false"
+            )
+        if self.nerf.hash_kernel == "triton" and self.compile:
+            raise ValueError(
+                "fit4d.compile and fit4d.nerf.hash_kernel=triton are two ways to fuse the field: choose one"
             )
         if self.nerf.hash_kernel == "triton" and (self.loss.normal > 0 or self.loss.normal_smoothness > 0):
             raise ValueError(

@@ -72,9 +72,11 @@ def test_a_hash_deformation_steps_its_table_at_lr_and_its_mlp_at_deform_lr(video
     assert first == pytest.approx(0.001 * factor, rel=1e-3)
 
 
-def test_triton_kernels_with_the_normal_losses_are_rejected():
+def test_triton_kernels_with_the_normal_losses_or_compile_are_rejected():
     with pytest.raises(ValueError, match="hash_kernel=triton cannot train the normal losses"):
         tiny_cfg(**{"nerf.hash_kernel": "triton", "loss.normal_smoothness": 0.1})
+    with pytest.raises(ValueError, match="two ways to fuse the field"):
+        tiny_cfg(compile="true", **{"nerf.hash_kernel": "triton"})
 
 
 def test_compile_with_the_normal_losses_is_rejected():
