@@ -24,7 +24,6 @@ from fit4d.fields import DynamicNeRF
 from fit4d.losses import (
     LPIPSLoss,
     bilateral_normal_smoothness,
-    deformation_l2,
     mask_loss,
     normal_loss,
     smooth_depth_loss,
@@ -225,8 +224,6 @@ class Fitter:
             losses["mask"] = lc.mask * mask_loss(out["opacity"].reshape(shape), alpha)
         if self.lpips is not None:
             losses["lpips"] = lc.lpips * self.lpips(pred, target)
-        if lc.deform_l2 > 0 and not static:
-            losses["deform_l2"] = lc.deform_l2 * deformation_l2(self.model.deformation, lc.deform_l2_points)
         if lc.smooth_depth > 0:
             losses["smooth_depth"] = lc.smooth_depth * smooth_depth_loss(out["depth"].reshape(shape), fg)
         if create_graph:

@@ -29,17 +29,6 @@ def weighted_mse(
     return err.mean()
 
 
-def deformation_l2(
-    deformation: nn.Module, num_points: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """mean |dx|^2 of a deformation field (x in [-1, 1]^3, t in [0, 1] -> dx, box units) at uniform random
-    points and times: 0 exactly at the identity."""
-    p = next(deformation.parameters())
-    x = torch.rand(num_points, 3, device=p.device, generator=generator) * 2.0 - 1.0
-    t = torch.rand(num_points, 1, device=p.device, generator=generator)
-    return deformation(x, t).pow(2).sum(-1).mean()
-
-
 def mask_loss(opacity: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """||S - S_hat||^2 (mean) between rendered opacity and target silhouette."""
     return ((opacity - alpha) ** 2).mean()

@@ -748,17 +748,8 @@ class Fit4DLossConfig:
     """Bilateral normal smoothness: |grad n| weighted by exp(-|grad I| / sigma) of the target image."""
     bilateral_sigma: float = 0.1
 
-    deform_l2: float = 0.0
-    """Weight of mean |dx|^2 (box units) of the deformation at `deform_l2_points` uniform random points of
-    the box and times each dynamic iteration: space the rays do not pin down stays unwarped, so no empty
-    cell borrows the object's density through the deformation (floaters, occupied cells)."""
-    deform_l2_points: int = 4096
-
     def validate(self) -> None:
-        if self.deform_l2_points < 1:
-            raise ValueError("fit4d.loss.deform_l2_points must be >= 1")
         weights = (self.mse, self.lpips, self.mask, self.normal, self.smooth_depth, self.normal_smoothness)
-        weights = (*weights, self.deform_l2)
         if min(weights) < 0:
             raise ValueError("fit4d.loss weights must be >= 0")
         if self.normal_estimator == "omnidata" and not self.omnidata_checkpoint:

@@ -159,21 +159,6 @@ def test_deformation_is_identity_at_init(encoding):
     assert torch.equal(dyn[0], static[0]) and torch.equal(dyn[1], static[1])
 
 
-@pytest.mark.parametrize("encoding", ["frequency", "hash"])
-def test_deformation_l2_is_zero_at_the_identity_and_the_squared_shift_of_a_translation(encoding):
-    from fit4d.losses import deformation_l2
-
-    torch.manual_seed(0)
-    model = DynamicNeRF(tiny_field_cfg(deform_encoding=encoding, deform_max_resolution=16))
-    assert deformation_l2(model.deformation, 256).item() == 0.0
-    with torch.no_grad():
-        model.deformation.net[-1].bias.copy_(torch.tensor([0.1, -0.2, 0.05]))
-    loss = deformation_l2(model.deformation, 256)
-    assert loss.item() == pytest.approx(0.01 + 0.04 + 0.0025, rel=1e-6)
-    loss.backward()  # the gradient reaches the last layer: 2 dx
-    assert model.deformation.net[-1].bias.grad.tolist() == pytest.approx([0.2, -0.4, 0.1], rel=1e-5)
-
-
 def sphere_field(radius: float, sigma_in: float, softness: float = 0.0):
     """Constant density inside a sphere (softness > 0: a smooth shell of that width), white-to-red colour."""
 

@@ -143,16 +143,6 @@ def test_iteration_records_count_the_samples_the_field_ran_on(sphere_video):
     assert 0 < half < full
 
 
-def test_deformation_l2_enters_the_dynamic_iterations_only(sphere_video):
-    fitter = Fitter(sphere_video, tiny_cfg(**{"loss.deform_l2": 0.5}))
-    views, frames = fitter.sample_batch(0, 10, static=True)
-    assert "deform_l2" not in fitter.step(views, frames, static=True)
-    views, frames = fitter.sample_batch(0, 10, static=False)
-    assert fitter.step(views, frames, static=False)["deform_l2"] == 0.0  # the identity at the start
-    views, frames = fitter.sample_batch(1, 10, static=False)
-    assert fitter.step(views, frames, static=False)["deform_l2"] > 0.0  # one Adam step moved it
-
-
 def test_progressive_window_starts_at_the_first_frames(sphere_video):
     fitter = Fitter(sphere_video, tiny_cfg(window_start=1, frames_per_iter=3))
     views, frames = fitter.sample_batch(0, 100, static=False)
