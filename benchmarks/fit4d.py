@@ -58,6 +58,11 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(s.mean())
 
 
+def samples_per_iter(stages: dict) -> dict[str, float]:
+    """Mean samples the field ran on per iteration, per stage (what an iteration's cost grows with)."""
+    return {k: float(np.mean([r["samples"] for r in v["losses"]])) for k, v in stages.items()}
+
+
 def evaluate(fitter, views: list[int]) -> dict:
     fitter.model.eval()
     r = fitter.render_all(views=np.array(views))
@@ -121,6 +126,7 @@ def run_setting(sample, base_overrides, name, train_views, held_out, args) -> di
         "held_out": held_out,
         "fit_s": seconds,
         "stage_s": {k: v["seconds"] for k, v in report["stages"].items()},
+        "samples_per_iter": samples_per_iter(report["stages"]),
         "final_train_psnr": report["stages"][list(report["stages"])[-1]]["losses"][-1]["psnr"],
         "occupied": float(fitter.occupancy.grid.float().mean()),
         "heldout_psnr_after": after_stage,
@@ -197,6 +203,7 @@ def run_speed(s, args) -> dict:
         stage1_iters=st["stage1"]["iterations"],
         stage2_s=s2.get("seconds", 0.0),
         stage2_iters=s2.get("iterations", 0),
+        samples_per_iter=samples_per_iter(st),
         stage2_setup_s=setup,
         stage2_renders_s=setup - denoise.get("seconds", 0.0),
         stage2_denoise_s=denoise.get("seconds", 0.0),
