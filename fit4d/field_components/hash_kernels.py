@@ -41,8 +41,12 @@ if triton is not None:
     P3 = tl.constexpr(3674653429)
 
     @triton.jit
-    def _corner_row(c0, c1, c2, c3, lvl, res_ptr, strides_ptr, dense_ptr, offsets_ptr, T, D: tl.constexpr):
-        """Table rows (BLOCK,) of the corner with integer coordinates c0..c3 at level l."""
+    def _corner_row(
+        c: tl.constexpr, b0, b1, b2, b3, lvl, strides_ptr, dense_ptr, offsets_ptr, T, D: tl.constexpr
+    ):
+        """Table rows (BLOCK,) of corner c (bit d set: the upper side along axis d) of the cells with lower
+        corners b0..b3 at level lvl."""
+        c0, c1, c2, c3 = b0 + (c & 1), b1 + ((c >> 1) & 1), b2 + ((c >> 2) & 1), b3 + ((c >> 3) & 1)
         s0 = tl.load(strides_ptr + lvl * D + 0)
         s1 = tl.load(strides_ptr + lvl * D + 1)
         s2 = tl.load(strides_ptr + lvl * D + 2)
@@ -103,10 +107,7 @@ if triton is not None:
         for c in tl.static_range(2**D):
             s0, s1, s2, s3 = _sides(c, f0, f1, f2, f3, D)
             w = s0 * s1 * s2 * s3
-            row = _corner_row(
-                b0 + (c & 1), b1 + ((c >> 1) & 1), b2 + ((c >> 2) & 1), b3 + ((c >> 3) & 1),
-                lvl, res_ptr, strides_ptr, dense_ptr, offsets_ptr, T, D,
-            )  # fmt: skip
+            row = _corner_row(c, b0, b1, b2, b3, lvl, strides_ptr, dense_ptr, offsets_ptr, T, D)
             vals = tl.load(table_ptr + row[:, None] * F + fs[None, :], mask=mask[:, None], other=0.0)
             acc += w[:, None] * vals
         tl.store(out_ptr + offs[:, None] * (L * F) + lvl * F + fs[None, :], acc, mask=mask[:, None])
@@ -129,10 +130,7 @@ if triton is not None:
         gx3 = tl.zeros((BLOCK,), dtype=tl.float32)
         for c in tl.static_range(2**D):
             s0, s1, s2, s3 = _sides(c, f0, f1, f2, f3, D)
-            row = _corner_row(
-                b0 + (c & 1), b1 + ((c >> 1) & 1), b2 + ((c >> 2) & 1), b3 + ((c >> 3) & 1),
-                lvl, res_ptr, strides_ptr, dense_ptr, offsets_ptr, T, D,
-            )  # fmt: skip
+            row = _corner_row(c, b0, b1, b2, b3, lvl, strides_ptr, dense_ptr, offsets_ptr, T, D)
             ptrs = row[:, None] * F + fs[None, :]
             if NEED_TABLE:
                 w = s0 * s1 * s2 * s3
