@@ -136,7 +136,7 @@ class HashGrid(nn.Module):
         return local + self.offsets[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "triton" and hash_kernels.available(x.device):
+        if self.kernel == "triton" and self.dim in (3, 4) and hash_kernels.available(x.device):
             return hash_kernels.hash_encode(x, self)
         x = x.float().clamp(0.0, 1.0)
         res = self.resolutions.to(x.dtype)  # (L, D)

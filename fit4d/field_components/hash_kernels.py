@@ -11,11 +11,15 @@ the int64 prime XOR hash mod T, plus the level's offset).
 Only once differentiable: the normal losses' second derivative needs the PyTorch encoding
 (`fit4d.nerf.hash_kernel: torch`). Import guarded: without Triton, `available()` is False and nothing here
 is compiled. Under TRITON_INTERPRET=1 (set before import) the kernels run on CPU tensors, which is how the
-tests compare them with the PyTorch encoding.
+tests compare them with the PyTorch encoding. On a GPU, Triton contracts x r - floor(x r) into one FMA where
+PyTorch rounds x r first, so a cell fraction can differ by an ulp of x r (6e-5 at 2048 cells): a GPU
+comparison needs a tolerance of that order. Not yet done: the normals' derivative (x only) still computes the
+table gradient, which autograd then drops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -26,12 +30,15 @@ try:
 except ImportError:  # the CPU install has no Triton; the PyTorch encoding serves
     triton = None
 
+# Triton picks the interpreter when the kernels are decorated (at import), so read the variable then too
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
 
 def available(device: torch.device) -> bool:
     """Whether the kernels can run on `device` (CUDA with Triton, or any device under the interpreter)."""
     if triton is None:
         return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or _INTERPRET
 
 
 if triton is not None:
@@ -57,7 +64,8 @@ if triton is not None:
             dense_idx += c3 * s3
             hashed = hashed ^ (c3 * P3)
         is_dense = tl.load(dense_ptr + lvl) != 0
-        local = tl.where(is_dense, dense_idx, hashed % T)
+        # T is a power of 2 and every term is >= 0: the mask is torch.remainder (int64 % is emulated)
+        local = tl.where(is_dense, dense_idx, hashed & (T - 1))
         return local + tl.load(offsets_ptr + lvl)
 
     @triton.jit
@@ -134,7 +142,7 @@ if triton is not None:
             ptrs = row[:, None] * F + fs[None, :]
             if NEED_TABLE:
                 w = s0 * s1 * s2 * s3
-                tl.atomic_add(grad_table_ptr + ptrs, w[:, None] * g, mask=mask[:, None])
+                tl.atomic_add(grad_table_ptr + ptrs, w[:, None] * g, mask=mask[:, None], sem="relaxed")
             if NEED_X:
                 dot = tl.sum(tl.load(table_ptr + ptrs, mask=mask[:, None], other=0.0) * g, axis=1)
                 gx0 += dot * tl.where((c & 1) != 0, 1.0, -1.0) * s1 * s2 * s3 * r0
@@ -143,11 +151,11 @@ if triton is not None:
                 if D == 4:
                     gx3 += dot * tl.where(((c >> 3) & 1) != 0, 1.0, -1.0) * s0 * s1 * s2 * r3
         if NEED_X:
-            tl.atomic_add(grad_x_ptr + offs * D + 0, gx0, mask=mask)
-            tl.atomic_add(grad_x_ptr + offs * D + 1, gx1, mask=mask)
-            tl.atomic_add(grad_x_ptr + offs * D + 2, gx2, mask=mask)
+            tl.atomic_add(grad_x_ptr + offs * D + 0, gx0, mask=mask, sem="relaxed")
+            tl.atomic_add(grad_x_ptr + offs * D + 1, gx1, mask=mask, sem="relaxed")
+            tl.atomic_add(grad_x_ptr + offs * D + 2, gx2, mask=mask, sem="relaxed")
             if D == 4:
-                tl.atomic_add(grad_x_ptr + offs * D + 3, gx3, mask=mask)
+                tl.atomic_add(grad_x_ptr + offs * D + 3, gx3, mask=mask, sem="relaxed")
 
 
 BLOCK = 128
@@ -157,13 +165,17 @@ class _HashEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, table: torch.Tensor, grid) -> torch.Tensor:
         n, dim = x.shape
+        if dim != grid.dim or dim not in (3, 4):
+            raise ValueError(f"the Triton hash kernels take 3D or 4D grids and points of the grid's dim, got "
+                             f"points of dim {dim} for a {grid.dim}D grid")  # fmt: skip
         num_levels, feats = grid.num_levels, grid.features_per_level
         x = x.float().contiguous()
         out = torch.empty(n, num_levels * feats, device=x.device, dtype=torch.float32)
         args = grid_args(grid)
         if n:
             launch = (triton.cdiv(n, BLOCK), num_levels)
-            _hash_fwd[launch](x, table, out, *args, n, grid.table_size, num_levels, dim, feats, BLOCK)
+            with on_device(x):
+                _hash_fwd[launch](x, table, out, *args, n, grid.table_size, num_levels, dim, feats, BLOCK)
         ctx.save_for_backward(x, table)
         ctx.grid = grid
         return out
@@ -179,11 +191,17 @@ class _HashEncode(torch.autograd.Function):
         grad_table = torch.zeros_like(table) if need_table else table.new_zeros(1)
         if n and (need_x or need_table):
             launch = (triton.cdiv(n, BLOCK), grid.num_levels)
-            _hash_bwd[launch](
-                x, table, grad.float().contiguous(), grad_table, grad_x, *grid_args(grid), n,
-                grid.table_size, grid.num_levels, dim, grid.features_per_level, BLOCK, need_table, need_x,
-            )  # fmt: skip
+            with on_device(x):
+                _hash_bwd[launch](
+                    x, table, grad.float().contiguous(), grad_table, grad_x, *grid_args(grid), n,
+                    grid.table_size, grid.num_levels, dim, grid.features_per_level, BLOCK, need_table, need_x,
+                )  # fmt: skip
         return (grad_x if need_x else None), (grad_table if need_table else None), None
+
+
+def on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device and its stream: make that x's (a model on cuda:1)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def grid_args(grid) -> tuple[torch.Tensor, ...]:
