@@ -37,7 +37,6 @@ from fit4d.rendering import render_rays
 from fit4d.sampling import (
     orthogonal_views,
     random_frames,
-    random_pixels,
     random_views,
     strided_patch,
     window_frames,
@@ -174,13 +173,10 @@ class Fitter:
     def step(self, views: np.ndarray, frames: np.ndarray, static: bool = False) -> dict[str, float]:
         cfg, lc, dev = self.cfg, self.cfg.loss, self.device
         p = cfg.patch_size
-        if cfg.ray_sampling == "pixels":
-            pixels = [random_pixels(self.height, self.width, p, self.rng) for _ in views]
-        else:
-            pixels = [
-                strided_patch(self.height, self.width, p, cfg.max_patch_stride, self.rng) for _ in views
-            ]
-        rows, cols = zip(*pixels, strict=True)
+        rows, cols = zip(
+            *(strided_patch(self.height, self.width, p, cfg.max_patch_stride, self.rng) for _ in views),
+            strict=True,
+        )
         rows_t = torch.from_numpy(np.stack(rows)).to(dev)  # (B, P, P)
         cols_t = torch.from_numpy(np.stack(cols)).to(dev)
         v_t = torch.from_numpy(views).to(dev)[:, None, None].expand_as(rows_t)

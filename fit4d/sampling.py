@@ -64,11 +64,3 @@ def strided_patch(
     c = c0 + s * np.arange(size)
     rows, cols = np.meshgrid(r, c, indexing="ij")
     return rows, cols
-
-
-def random_pixels(
-    height: int, width: int, size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """size x size pixel (rows, cols) drawn uniformly over the image (with replacement), shaped as a patch
-    so both samplers feed the same batch layout."""
-    return rng.integers(0, height, (size, size)), rng.integers(0, width, (size, size))

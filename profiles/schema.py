@@ -807,10 +807,6 @@ class Fit4DConfig:
     """Each sampled (view, frame) image contributes one square patch of patch_size^2 rays."""
     max_patch_stride: int = 4
     """A patch's pixel stride is drawn in [1, max_patch_stride] (coarse patches see the whole object)."""
-    ray_sampling: Literal["patches", "pixels"] = "patches"
-    """patches: each sampled (view, frame) gives one strided patch (the image-space losses need them: LPIPS,
-    smooth depth, normal smoothness); pixels: as many pixels drawn uniformly over the image, which covers
-    each image more evenly per iteration (only with those losses at 0)."""
     refiner: Literal["none", "sampler"] = "none"
     """Stage-2 targets. sampler: render, noise to `refine_step` of 50, denoise with the novel-view sampler
     (fit4d/refine.py); none: stage 2 keeps the stage-1 targets (ground-truth inputs)."""
@@ -856,14 +852,6 @@ class Fit4DConfig:
             raise ValueError(
                 "fit4d.nerf.hash_kernel=triton cannot train the normal losses (fit4d.loss.normal, "
                 "normal_smoothness): its kernels are differentiable once; set them to 0 or hash_kernel=torch"
-            )
-        patch_losses = {"lpips": self.loss.lpips, "smooth_depth": self.loss.smooth_depth}
-        patch_losses["normal_smoothness"] = self.loss.normal_smoothness
-        on = [f"fit4d.loss.{k}" for k, v in patch_losses.items() if v > 0]
-        if self.ray_sampling == "pixels" and on:
-            raise ValueError(
-                f"fit4d.ray_sampling=pixels has no patches for {', '.join(on)}: set them to 0 or "
-                "ray_sampling=patches"
             )
         if min(self.stage1_iters, self.static_iters, self.stage2_iters) < 0:
             raise ValueError("fit4d iteration counts must be >= 0")

@@ -14,7 +14,7 @@ from fit4d.field_components.hash_grid import PRIMES, HashGrid, level_resolutions
 from fit4d.fields import DynamicNeRF
 from fit4d.losses import visibility_weights, weighted_mse
 from fit4d.rendering import composite, ray_aabb, render_rays
-from fit4d.sampling import orthogonal_views, random_pixels, strided_patch, window_frames, window_size
+from fit4d.sampling import orthogonal_views, strided_patch, window_frames, window_size
 from profiles.schema import Fit4DFieldConfig
 from shards.cameras import c2w_opencv
 
@@ -336,21 +336,6 @@ def test_strided_patch_stays_inside_the_image():
         assert rows.shape == (8, 8) and rows.min() >= 0 and rows.max() < 20 and cols.max() < 30
     with pytest.raises(ValueError, match="patch_size"):
         strided_patch(4, 4, 8, 1, rng)
-
-
-def test_random_pixels_cover_the_image_evenly():
-    """ray_sampling=pixels: uniform over a non-square image, every pixel reachable (the last row and
-    column too), in the patch layout the batch expects."""
-    rng = np.random.default_rng(0)
-    counts = np.zeros((20, 30))
-    for _ in range(400):
-        rows, cols = random_pixels(20, 30, 8, rng)
-        assert rows.shape == cols.shape == (8, 8)
-        np.add.at(counts, (rows, cols), 1)
-    assert counts.min() > 0  # 25,600 draws over 600 pixels: every one hit
-    # uniform: each pixel's count ~ Poisson(42.7); no row or column is favoured
-    assert np.allclose(counts.mean(0), counts.mean(), rtol=0.15)
-    assert np.allclose(counts.mean(1), counts.mean(), rtol=0.15)
 
 
 def test_a_compiled_field_renders_normals_and_trains_like_the_eager_one():

@@ -130,17 +130,6 @@ def test_static_part_fits_frame_zero_with_the_deformation_frozen(sphere_video):
     )
 
 
-def test_pixel_sampling_fits_frame_zero(sphere_video):
-    """ray_sampling=pixels: the static part's loss falls as with patches (one draw covers the image)."""
-    torch.manual_seed(0)
-    fitter = Fitter(sphere_video, tiny_cfg(ray_sampling="pixels"))
-    totals = []
-    for it in range(60):
-        views, frames = fitter.sample_batch(it, 10, static=True)
-        totals.append(fitter.step(views, frames, static=True)["total"])
-    assert np.mean(totals[-5:]) < 0.1 * np.mean(totals[:5])
-
-
 def test_iteration_records_count_the_samples_the_field_ran_on(sphere_video):
     """`samples` in each loss record: whole rays while the occupancy grid is all occupied (every ray through
     the box has num_samples), fewer once half the grid is empty."""

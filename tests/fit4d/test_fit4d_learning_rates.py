@@ -79,12 +79,6 @@ def test_triton_kernels_with_the_normal_losses_or_compile_are_rejected():
         tiny_cfg(compile="true", **{"nerf.hash_kernel": "triton"})
 
 
-def test_pixel_sampling_with_the_patch_losses_is_rejected():
-    with pytest.raises(ValueError, match=r"ray_sampling=pixels has no patches for fit4d.loss.lpips, "):
-        tiny_cfg(ray_sampling="pixels", **{"loss.lpips": 0.5, "loss.smooth_depth": 0.1})
-    tiny_cfg(ray_sampling="pixels")
-
-
 def test_compile_with_the_normal_losses_is_rejected():
     with pytest.raises(ValueError, match="fit4d.compile cannot train the normal losses"):
         tiny_cfg(compile="true", **{"loss.normal_smoothness": 0.1})
