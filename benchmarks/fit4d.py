@@ -5,8 +5,11 @@
 Per render sample (24-view static orbit rendered by curation.render, e.g. 256x256):
   dense:  16 training views (indices not = 2 mod 3) over all frames; 8 held-out views; PSNR/SSIM on the
           held-out views at every frame (composited on white).
+          Also --dense-set (default: 3000 stage-1 iterations, 48^2-ray patches: the 32 dB setting).
   paper:  the input view plus the orthogonal views (azimuth +90/180/270: indices 0, 6, 12, 18 of 24); the
           same 8 held-out views.
+  Both fit ground truth: --gt-set applies to them (default: no visibility weighting, which discounts the
+  grazing pixels of generated views and only slows a fit to exact ones).
   speed:  the fit4d profile's stage1_iters + stage2_iters at --speed-resolution (targets upsampled). With
           --random-weights full, stage 2 denoises its renders with the real sampler (fit4d/refine.py
           `sampler_refiner`) on the full-size network and encoders with random weights, built and saved first
@@ -226,6 +229,18 @@ def main() -> None:
     p.add_argument("--profile", default="sv4d2")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--settings", default="dense,paper,speed")
+    p.add_argument(
+        "--gt-set",
+        nargs="*",
+        default=["fit4d.loss.visibility_weighting=false"],
+        help="overrides for the ground-truth fits (dense, paper); give none to clear",
+    )
+    p.add_argument(
+        "--dense-set",
+        nargs="*",
+        default=["fit4d.stage1_iters=3000", "fit4d.patch_size=48"],
+        help="overrides for the dense fit only (after --set and --gt-set); give none to clear",
+    )
     p.add_argument("--speed-resolution", type=int, default=576)
     p.add_argument("--speed-set", action="append", default=[], help="extra overrides for the speed run only")
     p.add_argument(
@@ -249,6 +264,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         "overrides": args.overrides,
+        "gt_set": args.gt_set,
+        "dense_set": args.dense_set,
         "runs": [],
     }
 
@@ -273,7 +290,8 @@ def main() -> None:
             if time.perf_counter() - start > args.budget_s:
                 results["runs"].append({"setting": name, "key": s.key, "skipped": "budget"})
                 continue
-            results["runs"].append(run_setting(s, args.overrides, name, train, held, args))
+            extra = [*args.gt_set, *(args.dense_set if name == "dense" else [])]
+            results["runs"].append(run_setting(s, [*args.overrides, *extra], name, train, held, args))
             save()
     print(f"{'setting':8} {'key':14} {'res':>4} {'fit s':>7} {'PSNR':>6} {'SSIM':>6} {'IoU':>5}")
     for r in results["runs"]:

@@ -4,15 +4,14 @@
     python benchmarks/fit4d_field.py --points 20000 --no-compile    # CPU dry run
 
 Times, per call on --points random points in the box at random times (the order of one iteration's occupied
-samples: 16,384 rays x tens of samples), forward and forward + backward (the table and MLP gradients, as the
+samples: 32,768 rays x tens of samples), forward and forward + backward (the table and MLP gradients, as the
 training step), and forward + d sigma / dx + backward (the iterations with analytic normals):
   canonical   the 3D hash grid + density/colour MLPs, no deformation (stage 1's static part)
   frequency   the same with D-NeRF's deformation MLP (128 x 3 on sin/cos octaves)
   hash        the same with the 4D hash deformation (MLP 64 x 2), the sv4d2 profile's
   hash_triton the hash field with both encodings in the fused Triton kernels (CUDA only; eager)
-each eager and, on CUDA unless --no-compile, through fit4d.loop.compile_field. Prints a table; --json
-saves it.
-Decides whether a fused 4D hash kernel (Triton) pays before one is written.
+the first three through the PyTorch encoding (hash_kernel=torch); each eager and, on CUDA unless
+--no-compile, through fit4d.loop.compile_field. Prints a table; --json saves it.
 """
 
 from __future__ import annotations
@@ -33,13 +32,14 @@ from fit4d.loop import compile_field  # noqa: E402
 from profiles.load import load_profile  # noqa: E402
 
 VARIANTS = {
-    "canonical": [],
+    "canonical": ["fit4d.nerf.hash_kernel=torch"],
     "frequency": [
         "fit4d.nerf.deform_encoding=frequency",
         "fit4d.nerf.deform_hidden_dim=128",
         "fit4d.nerf.deform_layers=3",
+        "fit4d.nerf.hash_kernel=torch",
     ],
-    "hash": [],
+    "hash": ["fit4d.nerf.hash_kernel=torch"],
     # the same field through the fused Triton kernels (fit4d/field_components/hash_kernels.py), eager only
     "hash_triton": ["fit4d.nerf.hash_kernel=triton"],
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fit4d.field_components import hash_kernels
 from fit4d.field_components.deformation import DeformationMLP, HashDeformation
 from fit4d.field_components.hash_grid import HashGrid
 from fit4d.field_components.mlp import MLP
@@ -22,17 +23,28 @@ def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(x.clamp(max=15.0))
 
 
+def resolve_hash_kernel(kernel: str, allow_triton: bool = True) -> str:
+    """`fit4d.nerf.hash_kernel` as the encodings take it: auto becomes triton when the package imports and the
+    fit allows it (`allow_triton`: no second derivative of the field, no torch.compile), else torch."""
+    if kernel != "auto":
+        return kernel
+    return "triton" if allow_triton and hash_kernels.triton is not None else "torch"
+
+
 class DynamicNeRF(nn.Module):
-    def __init__(self, cfg: Fit4DFieldConfig) -> None:
+    def __init__(self, cfg: Fit4DFieldConfig, allow_triton: bool = True) -> None:
         super().__init__()
         self.bound = cfg.bound
+        kernel = resolve_hash_kernel(cfg.hash_kernel, allow_triton)
+        self.hash_kernel = kernel
+        """The encodings' kernel after `auto` is resolved (torch or triton)."""
         self.encoding = HashGrid(
             cfg.num_levels,
             cfg.features_per_level,
             cfg.log2_hashmap_size,
             cfg.base_resolution,
             cfg.max_resolution,
-            kernel=cfg.hash_kernel,
+            kernel=kernel,
         )
         self.geo_feat_dim = cfg.geo_feat_dim
         self.density_mlp = MLP(self.encoding.output_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim)
@@ -48,7 +60,7 @@ class DynamicNeRF(nn.Module):
                 cfg.deform_time_resolution,
                 cfg.deform_hidden_dim,
                 cfg.deform_layers,
-                kernel=cfg.hash_kernel,
+                kernel=kernel,
             )
         else:
             self.deformation = DeformationMLP(

@@ -114,7 +114,8 @@ class Fitter:
         if views.size == 0 or views.min() < 0 or views.max() >= self.num_views:
             raise ValueError(f"fit4d.train_views {cfg.train_views} must index the {self.num_views} views")
         self.train_views = views
-        self.model = DynamicNeRF(cfg.nerf).to(dev)
+        twice = cfg.loss.normal > 0 or cfg.loss.normal_smoothness > 0
+        self.model = DynamicNeRF(cfg.nerf, allow_triton=not (twice or cfg.compile)).to(dev)
         self.field_fn = self.model
         if cfg.compile and dev.type == "cuda":
             self.field_fn = compile_field(self.model)

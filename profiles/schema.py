@@ -664,10 +664,12 @@ class Fit4DFieldConfig:
     """Spatial resolution of the 4D grid's coarsest and finest levels."""
     deform_time_resolution: int = 8
     """Cells over the clip's time [0, 1] at the finest level (coarser levels have fewer, down to 2)."""
-    hash_kernel: Literal["torch", "triton"] = "torch"
-    """Hash encodings on CUDA: torch (PyTorch ops, any device, twice differentiable) or triton (fused
+    hash_kernel: Literal["auto", "torch", "triton"] = "auto"
+    """Hash encodings on CUDA: torch (PyTorch ops, any device, twice differentiable), triton (fused
     kernels, fit4d/field_components/hash_kernels.py; needs the triton package; CPU tensors still take the
-    PyTorch path; not with the normal losses, which differentiate the field twice)."""
+    PyTorch path; not with the normal losses, which differentiate the field twice, nor with fit4d.compile),
+    or auto: triton where it is installed and the fit allows it, else torch (3x faster field training step,
+    60% of the paper setting's time on the H200: benchmarks/RESULTS.md)."""
 
     def validate(self) -> None:
         if self.bound <= 0:

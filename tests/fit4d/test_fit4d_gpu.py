@@ -52,24 +52,39 @@ def test_triton_kernels_match_the_pytorch_encoding_on_cuda(kw):
         assert rel(a, b) < 1e-3, (name, rel(a, b))
 
 
+def _field_outputs(kernel: str, nudge: bool) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(1)
+    model = DynamicNeRF(load_profile("sv4d2", [f"fit4d.nerf.hash_kernel={kernel}"]).fit4d.nerf).cuda()
+    torch.manual_seed(2)
+    with torch.no_grad():  # the deformation's last layer starts at 0: give every table a gradient
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.rand(200_000, 3, device="cuda") * 2 - 1
+    t = torch.rand(200_000, 1, device="cuda")
+    if nudge:
+        x = torch.nextafter(x, torch.full_like(x, 2.0))
+    sigma, rgb = model(x, t)
+    (sigma.sum() + rgb.sum()).backward()
+    return sigma.detach(), rgb.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def norm_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
 def test_the_sv4d2_field_trains_alike_with_either_kernel():
     """The whole field (canonical grid, 4D hash deformation, MLPs) with perturbed weights: the same
-    density, colour and parameter gradients through either encoding."""
-    outs = {}
-    for kernel in ("torch", "triton"):
-        torch.manual_seed(1)
-        model = DynamicNeRF(load_profile("sv4d2", [f"fit4d.nerf.hash_kernel={kernel}"]).fit4d.nerf).cuda()
-        torch.manual_seed(2)
-        with torch.no_grad():  # the deformation's last layer starts at 0: give every table a gradient
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-        x = torch.rand(200_000, 3, device="cuda") * 2 - 1
-        t = torch.rand(200_000, 1, device="cuda")
-        sigma, rgb = model(x, t)
-        (sigma.sum() + rgb.sum()).backward()
-        grads = {n: p.grad for n, p in model.named_parameters()}
-        outs[kernel] = (sigma.detach(), rgb.detach(), grads)
-    assert rel(outs["triton"][0], outs["torch"][0]) < 1e-3
-    assert rel(outs["triton"][1], outs["torch"][1]) < 1e-3
-    for name, ref in outs["torch"][2].items():
-        assert rel(outs["triton"][2][name], ref) < 1e-3, name
+    density, colour and parameter gradients through either encoding.
+
+    The deformation's gradients pass through the canonical grid's d/dx, which jumps at every cell face: a
+    warped position an ulp away (FMA contraction, the order of atomic adds) crosses a face of the 2048-cell
+    level, so even two PyTorch runs whose inputs differ by one ulp disagree there (~1e-2 relative on the
+    H200, 2026-12-02). Each gradient must agree within 1e-3 or within 3x that floor, whichever is larger."""
+    ref = _field_outputs("torch", nudge=False)
+    floor = _field_outputs("torch", nudge=True)
+    tri = _field_outputs("triton", nudge=False)
+    assert norm_rel(tri[0], ref[0]) < 1e-3
+    assert norm_rel(tri[1], ref[1]) < 1e-3
+    for name, g in ref[2].items():
+        bound = max(1e-3, 3 * norm_rel(floor[2][name], g))
+        assert norm_rel(tri[2][name], g) < bound, (name, norm_rel(tri[2][name], g), bound)

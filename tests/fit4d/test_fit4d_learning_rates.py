@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from fit4d.fields import resolve_hash_kernel
 from fit4d.loop import Fitter
 from tests.fit4d.test_fit4d_fit import moving_sphere_video, tiny_cfg
 
@@ -77,6 +78,24 @@ def test_triton_kernels_with_the_normal_losses_or_compile_are_rejected():
         tiny_cfg(**{"nerf.hash_kernel": "triton", "loss.normal_smoothness": 0.1})
     with pytest.raises(ValueError, match="two ways to fuse the field"):
         tiny_cfg(compile="true", **{"nerf.hash_kernel": "triton"})
+
+
+def test_auto_takes_the_triton_kernels_only_where_the_fit_allows_them(video, monkeypatch):
+    """hash_kernel=auto (the default): triton when the package imports, but torch for a fit that
+    differentiates the field twice (the normal losses) or compiles it, where an explicit triton is an
+    error."""
+    from fit4d.field_components import hash_kernels
+
+    monkeypatch.setattr(hash_kernels, "triton", object())  # installed or not here, the choice is the same
+    assert resolve_hash_kernel("auto") == "triton"
+    assert resolve_hash_kernel("auto", allow_triton=False) == "torch"
+    assert resolve_hash_kernel("torch") == "torch"
+    assert Fitter(video, tiny_cfg()).model.hash_kernel == "triton"
+    assert Fitter(video, tiny_cfg(**{"loss.normal_smoothness": 0.1})).model.hash_kernel == "torch"
+    assert Fitter(video, tiny_cfg(compile="true")).model.hash_kernel == "torch"
+    monkeypatch.setattr(hash_kernels, "triton", None)
+    assert resolve_hash_kernel("auto") == "torch"
+    assert Fitter(video, tiny_cfg()).model.hash_kernel == "torch"
 
 
 def test_compile_with_the_normal_losses_is_rejected():
