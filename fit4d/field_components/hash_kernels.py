@@ -8,13 +8,13 @@ dw_c/dx_d with dw_c/dx_d = res_d (+1 | -1) prod_{e != d} (1 - frac_e | frac_e), 
 atomically. Corner rows are computed exactly as `HashGrid.corner_indices` (dense mixed-radix index or
 the int64 prime XOR hash mod T, plus the level's offset).
 
-Only once differentiable: the normal losses' second derivative needs the PyTorch encoding
-(`fit4d.nerf.hash_kernel: torch`). Import guarded: without Triton, `available()` is False and nothing here
-is compiled. Under TRITON_INTERPRET=1 (set before import) the kernels run on CPU tensors, which is how the
-tests compare them with the PyTorch encoding. On a GPU, Triton contracts x r - floor(x r) into one FMA where
-PyTorch rounds x r first, so a cell fraction can differ by an ulp of x r (6e-5 at 2048 cells): a GPU
-comparison needs a tolerance of that order. Not yet done: the normals' derivative (x only) still computes the
-table gradient, which autograd then drops.
+Only once differentiable: the normal losses' second derivative needs the PyTorch encoding, which
+`fit4d.nerf.hash_kernel: auto` then picks (`fit4d.fields.resolve_hash_kernel`). Import guarded: without
+Triton, `available()` is False and nothing here is compiled. Under TRITON_INTERPRET=1 (set before import)
+the kernels run on CPU tensors, which is how the tests compare them with the PyTorch encoding. On a GPU,
+Triton contracts x r - floor(x r) into one FMA where PyTorch rounds x r first, so a cell fraction can differ
+by an ulp of x r (6e-5 at 2048 cells): a GPU comparison needs a tolerance of that order. Not yet done: the
+normals' derivative (x only) still computes the table gradient, which autograd then drops.
 """
 
 from __future__ import annotations
