@@ -668,8 +668,8 @@ class Fit4DFieldConfig:
     """Hash encodings on CUDA: torch (PyTorch ops, any device, twice differentiable), triton (fused
     kernels, fit4d/field_components/hash_kernels.py; needs the triton package; CPU tensors still take the
     PyTorch path; not with the normal losses, which differentiate the field twice, nor with fit4d.compile),
-    or auto: triton where it is installed and the fit allows it, else torch (3x faster field training step,
-    60% of the paper setting's time on the H200: benchmarks/RESULTS.md)."""
+    or auto: triton where it is installed and the fit allows it, else torch (the field's training step 3.1x
+    faster on the H200: benchmarks/RESULTS.md)."""
 
     def validate(self) -> None:
         if self.bound <= 0:
