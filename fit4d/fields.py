@@ -36,8 +36,6 @@ class DynamicNeRF(nn.Module):
         super().__init__()
         self.bound = cfg.bound
         kernel = resolve_hash_kernel(cfg.hash_kernel, allow_triton)
-        self.hash_kernel = kernel
-        """The encodings' kernel after `auto` is resolved (torch or triton)."""
         self.encoding = HashGrid(
             cfg.num_levels,
             cfg.features_per_level,

@@ -114,8 +114,8 @@ class Fitter:
         if views.size == 0 or views.min() < 0 or views.max() >= self.num_views:
             raise ValueError(f"fit4d.train_views {cfg.train_views} must index the {self.num_views} views")
         self.train_views = views
-        twice = cfg.loss.normal > 0 or cfg.loss.normal_smoothness > 0
-        self.model = DynamicNeRF(cfg.nerf, allow_triton=not (twice or cfg.compile)).to(dev)
+        allow_triton = not (cfg.loss.differentiates_normals or cfg.compile)
+        self.model = DynamicNeRF(cfg.nerf, allow_triton=allow_triton).to(dev)
         self.field_fn = self.model
         if cfg.compile and dev.type == "cuda":
             self.field_fn = compile_field(self.model)

@@ -750,6 +750,12 @@ class Fit4DLossConfig:
     """Bilateral normal smoothness: |grad n| weighted by exp(-|grad I| / sigma) of the target image."""
     bilateral_sigma: float = 0.1
 
+    @property
+    def differentiates_normals(self) -> bool:
+        """The normal losses train through the analytic normals (d sigma / dx): the field is differentiated
+        twice, which neither torch.compile nor the Triton hash kernels support."""
+        return self.normal > 0 or self.normal_smoothness > 0
+
     def validate(self) -> None:
         weights = (self.mse, self.lpips, self.mask, self.normal, self.smooth_depth, self.normal_smoothness)
         if min(weights) < 0:
@@ -840,7 +846,7 @@ class Fit4DConfig:
     def validate(self) -> None:
         if self.lr <= 0 or self.deform_lr <= 0:
             raise ValueError("fit4d.lr and fit4d.deform_lr must be positive")
-        if self.compile and (self.loss.normal > 0 or self.loss.normal_smoothness > 0):
+        if self.compile and self.loss.differentiates_normals:
             raise ValueError(
                 "fit4d.compile cannot train the normal losses (fit4d.loss.normal, normal_smoothness): they "
                 "differentiate the field twice, which torch.compile does not support; set them to 0 or "
@@ -850,7 +856,7 @@ class Fit4DConfig:
             raise ValueError(
                 "fit4d.compile and fit4d.nerf.hash_kernel=triton are two ways to fuse the field: choose one"
             )
-        if self.nerf.hash_kernel == "triton" and (self.loss.normal > 0 or self.loss.normal_smoothness > 0):
+        if self.nerf.hash_kernel == "triton" and self.loss.differentiates_normals:
             raise ValueError(
                 "fit4d.nerf.hash_kernel=triton cannot train the normal losses (fit4d.loss.normal, "
                 "normal_smoothness): its kernels are differentiable once; set them to 0 or hash_kernel=torch"

@@ -90,12 +90,12 @@ def test_auto_takes_the_triton_kernels_only_where_the_fit_allows_them(video, mon
     assert resolve_hash_kernel("auto") == "triton"
     assert resolve_hash_kernel("auto", allow_triton=False) == "torch"
     assert resolve_hash_kernel("torch") == "torch"
-    assert Fitter(video, tiny_cfg()).model.hash_kernel == "triton"
-    assert Fitter(video, tiny_cfg(**{"loss.normal_smoothness": 0.1})).model.hash_kernel == "torch"
-    assert Fitter(video, tiny_cfg(compile="true")).model.hash_kernel == "torch"
+    assert Fitter(video, tiny_cfg()).model.encoding.kernel == "triton"
+    assert Fitter(video, tiny_cfg(**{"loss.normal_smoothness": 0.1})).model.encoding.kernel == "torch"
+    assert Fitter(video, tiny_cfg(compile="true")).model.encoding.kernel == "torch"
     monkeypatch.setattr(hash_kernels, "triton", None)
     assert resolve_hash_kernel("auto") == "torch"
-    assert Fitter(video, tiny_cfg()).model.hash_kernel == "torch"
+    assert Fitter(video, tiny_cfg()).model.encoding.kernel == "torch"
 
 
 def test_compile_with_the_normal_losses_is_rejected():
